@@ -1,0 +1,121 @@
+"""Configuration: JSON-Schema validation with one-line errors, and the per-concern dataclasses.
+
+``validate_config`` fills defaults from the schema and rejects unknown keys, wrong types and
+out-of-range values with a message that names the key. The builders below turn the validated
+mapping into the dataclasses that the library functions take.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nashflow.data import PromptsConfig
+from nashflow.errors import ConfigError
+from nashflow.generate import SamplingConfig
+from nashflow.models import BaseModelConfig
+from nashflow.scorers import ScorerConfig
+from nashflow.trainer import LossConfig, TrainConfig
+
+
+def _fill_defaults(schema: dict, value: Any) -> Any:
+    if schema.get("type") == "object" and isinstance(value, dict):
+        for key, sub in schema.get("properties", {}).items():
+            if key not in value and "default" in sub:
+                value[key] = copy.deepcopy(sub["default"])
+            if key in value:
+                value[key] = _fill_defaults(sub, value[key])
+    elif schema.get("type") == "array" and isinstance(value, list) and isinstance(schema.get("items"), dict):
+        value = [_fill_defaults(schema["items"], v) for v in value]
+    return value
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _message(err) -> str:
+    if err.validator == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        where = _key(err.absolute_path)
+        known = ", ".join(sorted(err.schema.get("properties", {})))
+        return f"unknown config key '{(where + '.') if err.absolute_path else ''}{extra[0]}' (known keys here: {known})"
+    return f"config key '{_key(err.absolute_path)}': {err.message}"
+
+
+def load_schema(path: str | Path) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def validate_config(config: dict, schema_path: str | Path) -> dict:
+    """Return a validated copy of ``config`` with defaults filled in, or raise ConfigError."""
+    import jsonschema
+
+    schema = load_schema(schema_path)
+    cfg = copy.deepcopy(dict(config))
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.path))))
+    if errors:
+        raise ConfigError(_message(errors[0]))
+    cfg = _fill_defaults(schema, cfg)
+    # Cross-field rules that JSON Schema does not express, checked by the dataclasses.
+    for build in (prompts_config, base_model_config, sampling_config, eval_sampling_config, train_config,
+                  loss_config, scorer_config):
+        try:
+            build(cfg)
+        except (ValueError, KeyError) as err:
+            raise ConfigError(f"config: {str(err).strip(chr(39))}") from err
+    return cfg
+
+
+def load_config(path: str | Path, schema_path: str | Path, overrides: dict | None = None) -> dict:
+    cfg = yaml.safe_load(Path(path).read_text()) or {}
+    if overrides:
+        cfg = deep_update(cfg, overrides)
+    return validate_config(cfg, schema_path)
+
+
+def deep_update(base: dict, new: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_update(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def prompts_config(cfg: dict) -> PromptsConfig:
+    return PromptsConfig(**cfg["prompts"], seed=cfg["seed"])
+
+
+def base_model_config(cfg: dict) -> BaseModelConfig:
+    return BaseModelConfig(**cfg["base_model"])
+
+
+def sampling_config(cfg: dict) -> SamplingConfig:
+    return SamplingConfig(**cfg["generation"])
+
+
+def eval_sampling_config(cfg: dict) -> SamplingConfig:
+    ev = dict(cfg["evaluation"])
+    ev.pop("seed", None)
+    return SamplingConfig(samples_per_prompt=1, max_prompt_length=cfg["generation"]["max_prompt_length"], **ev)
+
+
+def train_config(cfg: dict) -> TrainConfig:
+    t = {k: v for k, v in cfg["training"].items() if k != "mixed_precision"}
+    return TrainConfig(**t, seed=cfg["seed"])
+
+
+def loss_config(cfg: dict) -> LossConfig:
+    algo = cfg["algorithm"]
+    return LossConfig(name=algo.get("loss") or algo["name"], beta=algo["beta"], logp_norm=algo["logp_norm"],
+                      params=dict(algo.get("params") or {}))
+
+
+def scorer_config(cfg: dict) -> ScorerConfig:
+    return ScorerConfig.from_dict(cfg["scorer"])

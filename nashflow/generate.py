@@ -1,0 +1,117 @@
+"""Sampling responses with the transformers backend.
+
+Rows (prompt x sample index) are sorted by prompt length and generated in batches, so that
+left padding is minimal and the K copies of one prompt share a batch. Each batch is seeded
+from (seed, batch number): a re-run with the same config gives the same samples.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from nashflow.seeding import derive_seed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Sampling settings (per stage: training samples or evaluation responses)."""
+
+    samples_per_prompt: int = 4
+    max_new_tokens: int = 64
+    temperature: float = 0.8
+    top_p: float = 0.95
+    top_k: int = 0
+    batch_size: int = 32
+    max_prompt_length: int = 512
+
+    def __post_init__(self):
+        if self.samples_per_prompt < 1:
+            raise ValueError("samples_per_prompt must be >= 1")
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+
+
+def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of the chat-templated prompt, ending with the assistant header."""
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if isinstance(out, dict) or hasattr(out, "input_ids"):
+        out = out["input_ids"]
+    return list(out)
+
+
+def _stop_ids(tokenizer, model) -> set[int]:
+    ids = set()
+    for src in (model.generation_config.eos_token_id, tokenizer.eos_token_id):
+        if src is None:
+            continue
+        ids.update(src if isinstance(src, (list, tuple)) else [src])
+    return ids
+
+
+@torch.inference_mode()
+def generate_samples(model, tokenizer, prompts: pd.DataFrame, cfg: SamplingConfig, *, seed: int,
+                     generator: str, progress: bool = True) -> pd.DataFrame:
+    """Sample ``cfg.samples_per_prompt`` responses for every row of ``prompts``.
+
+    ``prompts`` needs columns ``prompt_id`` and ``messages``. Returns the samples table
+    (see docs/data-contracts.md): one row per (prompt_id, sample_index).
+    """
+    device = next(model.parameters()).device
+    encoded = []
+    for pid, msgs in zip(prompts["prompt_id"], prompts["messages"]):
+        ids = encode_prompt(tokenizer, list(msgs))
+        if len(ids) > cfg.max_prompt_length:
+            ids = ids[-cfg.max_prompt_length:]  # keep the end: the question and the assistant header
+        encoded.append((pid, list(msgs), ids))
+    rows = [(len(ids), i, k) for i, (_, _, ids) in enumerate(encoded) for k in range(cfg.samples_per_prompt)]
+    rows.sort(key=lambda r: (-r[0], r[1], r[2]))  # longest first: memory peaks early, fails fast
+    stop = _stop_ids(tokenizer, model)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stop))
+    do_sample = cfg.temperature > 0
+    out_rows = []
+    batches = [rows[i:i + cfg.batch_size] for i in range(0, len(rows), cfg.batch_size)]
+    bar = tqdm(total=len(rows), desc="generate", unit="sample", disable=not progress, mininterval=5)
+    for b, batch in enumerate(batches):
+        width = max(r[0] for r in batch)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        attn = torch.zeros((len(batch), width), dtype=torch.long)
+        for j, (n, i, _) in enumerate(batch):
+            input_ids[j, width - n:] = torch.tensor(encoded[i][2])
+            attn[j, width - n:] = 1
+        batch_seed = derive_seed(seed, b)
+        torch.manual_seed(batch_seed)
+        gen_kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=do_sample, pad_token_id=pad_id,
+                          eos_token_id=sorted(stop))
+        if do_sample:
+            gen_kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
+        out = model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device), **gen_kwargs)
+        new = out[:, width:].cpu().tolist()
+        for j, (n, i, k) in enumerate(batch):
+            toks = new[j]
+            finish = "length"
+            for pos, t in enumerate(toks):
+                if t in stop:
+                    toks, finish = toks[:pos], "stop"
+                    break
+            text = tokenizer.decode(toks, skip_special_tokens=True).strip()
+            pid, msgs, ids = encoded[i]
+            out_rows.append({
+                "prompt_id": pid, "messages": msgs, "sample_index": k, "response": text,
+                "token_count": len(toks), "prompt_tokens": n, "finish_reason": finish,
+                "seed": batch_seed, "generator": generator,
+            })
+        bar.update(len(batch))
+    bar.close()
+    df = pd.DataFrame(out_rows)
+    if len(df):
+        df = df.sort_values(["prompt_id", "sample_index"]).reset_index(drop=True)
+    return df

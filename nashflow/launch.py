@@ -1,0 +1,56 @@
+"""Launch training through ``accelerate launch``: one process per GPU of the job (at least 1)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from nashflow.errors import NashflowError
+
+log = logging.getLogger(__name__)
+
+
+def accelerate_command(n_gpus: int, spec_path: str, accelerate_config: str | None = None,
+                       mixed_precision: str = "no") -> list[str]:
+    """The command line for one training job; processes = n_gpus (CPU: one process)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    if accelerate_config:
+        cmd += ["--config_file", accelerate_config]
+    procs = max(1, int(n_gpus))
+    cmd += ["--num_processes", str(procs), "--num_machines", "1", "--dynamo_backend", "no",
+            "--mixed_precision", mixed_precision if n_gpus > 0 else "no"]
+    if n_gpus <= 0:
+        cmd.append("--cpu")
+    elif procs > 1:
+        cmd.append("--multi_gpu")
+    cmd += ["-m", "nashflow.trainer", "--spec", spec_path]
+    return cmd
+
+
+def launch_training(spec: dict[str, Any], *, n_gpus: int, log_path: str | None = None,
+                    accelerate_config: str | None = None, mixed_precision: str = "no") -> None:
+    """Write ``spec`` to a temporary JSON file and run the trainer under accelerate."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+        json.dump(spec, fh)
+        spec_path = fh.name
+    cmd = accelerate_command(n_gpus, spec_path, accelerate_config, mixed_precision)
+    log.info("running: %s", " ".join(cmd))
+    env = dict(os.environ)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        out = open(log_path, "a") if log_path else None
+        try:
+            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT if out else None, env=env)
+        finally:
+            if out:
+                out.close()
+    finally:
+        Path(spec_path).unlink(missing_ok=True)
+    if proc.returncode != 0:
+        raise NashflowError(f"training failed (exit {proc.returncode}); see {log_path or 'the output above'}")

@@ -1,0 +1,42 @@
+"""Logging for workflow jobs: everything (logging, warnings, tqdm) goes to the job's log file.
+
+A :class:`~nashflow.errors.NashflowError` becomes one clear line on stderr (and in the log)
+and exit status 1, instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from nashflow.errors import NashflowError
+
+
+@contextlib.contextmanager
+def job_logging(log_path: str | None) -> Iterator[None]:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    orig_stderr = sys.stderr
+    fh = None
+    if log_path:
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        fh = open(log_path, "a", buffering=1)
+        sys.stderr = fh
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.captureWarnings(True)
+    try:
+        yield
+    except NashflowError as err:
+        logging.getLogger("nashflow").error("%s", err)
+        print(f"nashflow: error: {err}", file=orig_stderr)
+        raise SystemExit(1) from None
+    finally:
+        sys.stderr = orig_stderr
+        if fh:
+            fh.close()

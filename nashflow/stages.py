@@ -1,0 +1,175 @@
+"""One function per workflow stage: paths in, files out. Called by workflow/scripts/*.py.
+
+Each function takes the validated config mapping and plain paths, so stages can be run and
+tested without Snakemake.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from nashflow import config as C
+from nashflow.data import iteration_prompts, load_prompts, shard_rows, split_prompts
+from nashflow.evaluate import base_metrics, iteration_metrics
+from nashflow.io import provenance, read_provenance, read_table, write_json, write_table
+from nashflow.logps import encode_pair_side, sequence_logps
+from nashflow.models import default_device, load_model, load_tokenizer, prepare_base_model, set_threads
+from nashflow.pairs import build_pairs
+from nashflow.scorers import CompositeScorer
+from nashflow.seeding import derive_seed
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_name(model_dir: str) -> str:
+    """A readable checkpoint id: ``base`` or ``<run>/iter<t>``."""
+    p = Path(model_dir)
+    return f"{p.parent.parent.name}/{p.parent.name}" if p.name == "model" else p.name
+
+
+def prepare_model(cfg: dict, out_dir: str) -> None:
+    prepare_base_model(C.base_model_config(cfg), out_dir, seed=cfg["seed"])
+
+
+def split(cfg: dict, eval_out: str, pool_out: str) -> None:
+    pcfg = C.prompts_config(cfg)
+    df = load_prompts(pcfg)
+    eval_df, pool = split_prompts(df, pcfg)
+    prov = provenance(parents={"prompts": pcfg.path}, config=cfg["prompts"], seed=cfg["seed"])
+    write_table(eval_df, eval_out, prov)
+    write_table(pool, pool_out, prov)
+    log.info("%d prompts: %d held out, %d in the training pool (%d per iteration)", len(df), len(eval_df),
+             len(pool), pcfg.prompts_per_iteration)
+
+
+def generate(cfg: dict, *, iteration: int, shard: int, model_dir: str, pool_path: str, out: str,
+             threads: int | None = None) -> None:
+    """Sample K responses per prompt of (iteration, shard) from the generator checkpoint."""
+    set_threads(threads)
+    prompts = iteration_prompts(read_table(pool_path), iteration, shard, cfg["shards"],
+                                cfg["prompts"]["prompts_per_iteration"])
+    scfg = C.sampling_config(cfg)
+    seed = derive_seed(cfg["seed"], "generate", iteration, shard)
+    device = default_device()
+    model = load_model(model_dir, device=device)
+    tok = load_tokenizer(model_dir)
+    df = generate_table(model, tok, prompts, scfg, seed=seed, generator=checkpoint_name(model_dir))
+    write_table(df, out, provenance(parents={"generator": model_dir, "prompts": pool_path},
+                                    config=cfg["generation"], seed=seed, iteration=iteration, shard=shard))
+
+
+def generate_table(model, tok, prompts: pd.DataFrame, scfg, *, seed: int, generator: str) -> pd.DataFrame:
+    from nashflow.generate import generate_samples
+
+    if len(prompts) == 0:
+        cols = ["prompt_id", "messages", "sample_index", "response", "token_count", "prompt_tokens",
+                "finish_reason", "seed", "generator"]
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
+    return generate_samples(model, tok, prompts, scfg, seed=seed, generator=generator)
+
+
+def score(cfg: dict, *, samples_path: str, out: str) -> None:
+    samples = read_table(samples_path)
+    scorer = CompositeScorer(C.scorer_config(cfg))
+    scores = scorer.score_table(samples) if len(samples) else pd.DataFrame(
+        {"prompt_id": pd.Series(dtype=str), "sample_index": pd.Series(dtype="int64"),
+         "reward": pd.Series(dtype="float64")})
+    write_table(scores, out, provenance(parents={"samples": samples_path}, config=cfg["scorer"]))
+
+
+def pairs(cfg: dict, *, samples_paths: list[str], scores_paths: list[str], out: str) -> None:
+    samples = pd.concat([read_table(p) for p in samples_paths], ignore_index=True)
+    scores = pd.concat([read_table(p) for p in scores_paths], ignore_index=True)
+    df = build_pairs(samples, scores, cfg["algorithm"]["pairs"])
+    log.info("%d pairs from %d prompts", len(df), samples.prompt_id.nunique())
+    write_table(df, out, provenance(parents={"samples": samples_paths, "scores": scores_paths},
+                                    config=cfg["algorithm"]))
+
+
+def logps(cfg: dict, *, pairs_path: str, shard: int, model_dir: str, out: str, threads: int | None = None) -> None:
+    """Summed response log-probs and token counts of chosen/rejected under one checkpoint."""
+    set_threads(threads)
+    pairs_df = shard_rows(read_table(pairs_path), shard, cfg["shards"])
+    tcfg = C.train_config(cfg)
+    tok = load_tokenizer(model_dir)
+    model = load_model(model_dir, device=default_device())
+    enc = []
+    for side in ("chosen", "rejected"):
+        for msgs, text, fin in zip(pairs_df.messages, pairs_df[side], pairs_df[f"{side}_finish"]):
+            enc.append(encode_pair_side(tok, list(msgs), text, finished=fin == "stop",
+                                        max_length=tcfg.max_length, max_prompt_length=tcfg.max_prompt_length))
+    sums, counts = sequence_logps(model, enc, tok.pad_token_id, max_tokens=cfg["logps"]["max_tokens_per_batch"]) \
+        if enc else ([], [])
+    n = len(pairs_df)
+    df = pd.DataFrame({
+        "pair_id": pairs_df.pair_id.to_numpy(), "model": checkpoint_name(model_dir),
+        "chosen_logp": sums[:n], "chosen_tokens": counts[:n],
+        "rejected_logp": sums[n:], "rejected_tokens": counts[n:],
+    })
+    write_table(df, out, provenance(parents={"pairs": pairs_path, "model": model_dir}, config=cfg["training"]))
+
+
+def train(cfg: dict, *, policy_dir: str, reference_dir: str, pairs_path: str, ref_logps: list[str],
+          out_dir: str, metrics_path: str, n_gpus: int, threads: int | None, log_path: str | None) -> None:
+    from dataclasses import asdict
+
+    from nashflow.launch import launch_training
+
+    spec = {
+        "policy_path": policy_dir, "pairs_path": pairs_path, "ref_logps_paths": list(ref_logps),
+        "output_dir": out_dir, "metrics_path": metrics_path, "threads": threads,
+        "train": {k: v for k, v in asdict(C.train_config(cfg)).items()},
+        "loss": asdict(C.loss_config(cfg)),
+        "parents": {"policy_init": checkpoint_name(policy_dir), "reference": checkpoint_name(reference_dir),
+                    "pairs": pairs_path},
+        "progress": True,
+    }
+    launch_training(spec, n_gpus=n_gpus, log_path=log_path,
+                    mixed_precision=cfg["training"]["mixed_precision"])
+
+
+def eval_generate(cfg: dict, *, model_dir: str, eval_prompts: str, out: str, threads: int | None = None) -> None:
+    set_threads(threads)
+    prompts = read_table(eval_prompts)
+    scfg = C.eval_sampling_config(cfg)
+    model = load_model(model_dir, device=default_device())
+    tok = load_tokenizer(model_dir)
+    seed = derive_seed(cfg["evaluation"]["seed"], "evaluate")
+    df = generate_table(model, tok, prompts, scfg, seed=seed, generator=checkpoint_name(model_dir))
+    scored = CompositeScorer(C.scorer_config(cfg)).score_table(df)
+    df = df.merge(scored, on=["prompt_id", "sample_index"], validate="one_to_one")
+    write_table(df, out, provenance(parents={"model": model_dir, "prompts": eval_prompts},
+                                    config={"evaluation": cfg["evaluation"], "scorer": cfg["scorer"]}, seed=seed))
+
+
+def eval_metrics(*, iteration: int, current: str, base: str, previous: str, out: str) -> None:
+    cur = read_table(current)
+    if iteration == 0:
+        m = base_metrics(cur)
+    else:
+        m = iteration_metrics(iteration, cur, read_table(base), read_table(previous))
+    m["checkpoint"] = cur["generator"].iloc[0] if len(cur) else None
+    write_json(m, out)
+
+
+def report(cfg: dict, *, metrics: list[str], train_metrics: list[str], out_table: str, out_reward: str,
+           out_winrate: str, out_length: str, out_training: str) -> None:
+    from nashflow import report as R
+
+    df = R.summary_table(metrics)
+    title = f"run '{cfg['run']}': {cfg['algorithm']['name']}"
+    R.plot_reward(df, out_reward, title)
+    R.plot_win_rates(df, out_winrate, title)
+    R.plot_length(df, out_length, title)
+    R.plot_training(train_metrics, out_training, title)
+    from nashflow.io import atomic_path
+
+    with atomic_path(out_table) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.4f")
+
+
+__all__ = ["prepare_model", "split", "generate", "score", "pairs", "logps", "train", "eval_generate",
+           "eval_metrics", "report", "read_provenance"]

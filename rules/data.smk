@@ -1,0 +1,35 @@
+rule prepare_model:
+    """Convert the configured base model (GGUF or folder) into a safetensors folder, once."""
+    output:
+        model=directory("results/base_model"),
+    log:
+        "logs/base_model/prepare_model.log",
+    benchmark:
+        "logs/base_model/prepare_model.benchmark.tsv"
+    threads: 2
+    resources:
+        gpu=0,
+        mem_mb=8000,
+        runtime=30,
+    script:
+        "../workflow/scripts/prepare_model.py"
+
+
+rule split_prompts:
+    """Held-out evaluation prompts and the training pool, cut into per-iteration parts."""
+    input:
+        prompts=config["prompts"]["path"],
+    output:
+        eval="results/{run}/prompts/eval.parquet",
+        pool="results/{run}/prompts/pool.parquet",
+    log:
+        "logs/{run}/prompts/split_prompts.log",
+    benchmark:
+        "logs/{run}/prompts/split_prompts.benchmark.tsv"
+    threads: 1
+    resources:
+        gpu=0,
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../workflow/scripts/split_prompts.py"

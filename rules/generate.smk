@@ -1,0 +1,18 @@
+rule generate:
+    """Sample K responses per prompt of one shard from the previous iterate (π_{t-1})."""
+    input:
+        model=get_generator,
+        pool="results/{run}/prompts/pool.parquet",
+    output:
+        samples="results/{run}/iter{iter}/samples/shard{shard}.parquet",
+    log:
+        "logs/{run}/iter{iter}/generate/shard{shard}.log",
+    benchmark:
+        "logs/{run}/iter{iter}/generate/shard{shard}.benchmark.tsv"
+    threads: 2
+    resources:
+        gpu=0,
+        mem_mb=8000,
+        runtime=120,
+    script:
+        "../workflow/scripts/generate.py"

@@ -1,0 +1,18 @@
+rule build_pairs:
+    """Gather all shards (joined by prompt_id) and build chosen/rejected pairs with targets."""
+    input:
+        samples=get_samples,
+        scores=get_scores,
+    output:
+        pairs="results/{run}/iter{iter}/pairs.parquet",
+    log:
+        "logs/{run}/iter{iter}/build_pairs.log",
+    benchmark:
+        "logs/{run}/iter{iter}/build_pairs.benchmark.tsv"
+    threads: 1
+    resources:
+        gpu=0,
+        mem_mb=4000,
+        runtime=20,
+    script:
+        "../workflow/scripts/build_pairs.py"

@@ -1,0 +1,21 @@
+rule train:
+    """Train π_t from π_{t-1} on the pairs (accelerate launch, one process per GPU of the job)."""
+    input:
+        policy=get_generator,
+        reference=get_reference,
+        pairs="results/{run}/iter{iter}/pairs.parquet",
+        ref_logps=get_ref_logps,
+    output:
+        model=directory("results/{run}/iter{iter}/model"),
+        metrics="results/{run}/iter{iter}/train_metrics.csv",
+    log:
+        "logs/{run}/iter{iter}/train.log",
+    benchmark:
+        "logs/{run}/iter{iter}/train.benchmark.tsv"
+    threads: 2
+    resources:
+        gpu=0,
+        mem_mb=16000,
+        runtime=480,
+    script:
+        "../workflow/scripts/train.py"

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Set up, then run the embedded default (2 iterations of iterative DPO on SmolLM2-135M-Instruct,
+# offline, CPU) and write the report to results/default/report.html.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export HF_HUB_OFFLINE=1
+.venv/bin/snakemake --profile profiles/local "$@"
+.venv/bin/snakemake --profile profiles/local --report results/default/report.html "$@"
+.venv/bin/python - <<'PY'
+import pandas as pd
+df = pd.read_csv("results/default/report/summary.csv")
+cols = ["iteration", "mean_reward", "win_rate_vs_base", "win_rate_vs_previous", "mean_length"]
+print(df[cols].to_string(index=False))
+print("report: results/default/report.html")
+PY

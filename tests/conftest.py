@@ -1,0 +1,113 @@
+"""Fixtures: a tiny random Llama model and a BPE tokenizer with a ChatML template, built here
+(no download), plus helpers to run the workflow on them in a temporary directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PROMPTS = REPO / "resources" / "prompts" / "default.jsonl"
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def build_tiny_tokenizer(out: Path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [json.loads(line)["prompt"] for line in PROMPTS.read_text().splitlines()]
+    texts += ["I love this wonderful happy day, thank you so much!", "This is terrible, sad and awful."] * 5
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   unk_token="<unk>", pad_token="<|im_end|>")
+    fast.chat_template = CHATML
+    fast.save_pretrained(out)
+    return fast
+
+
+def build_tiny_model(out: Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out.mkdir(parents=True, exist_ok=True)
+    tok = build_tiny_tokenizer(out)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture()
+def tiny_model(tiny_model_dir):
+    from nashflow.models import load_model, load_tokenizer
+
+    return load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
+
+
+def tiny_config(model_dir: Path, **overrides) -> dict:
+    """A config for the tiny model: small, fast, with a reward that varies on random text."""
+    cfg = {
+        "run": "tiny",
+        "seed": 7,
+        "iterations": 2,
+        "shards": 2,
+        "base_model": {"path": str(model_dir)},
+        "prompts": {"path": str(PROMPTS), "id_column": "id", "eval_size": 8, "prompts_per_iteration": 8},
+        "generation": {"samples_per_prompt": 3, "max_new_tokens": 12, "temperature": 1.0, "batch_size": 8},
+        "scorer": {"components": [{"type": "length", "args": {"scale": 10}}]},
+        "algorithm": {"name": "dpo", "beta": 0.1},
+        "training": {"learning_rate": 1.0e-3, "epochs": 1, "batch_size": 2, "max_length": 96,
+                     "max_prompt_length": 64},
+        "evaluation": {"max_new_tokens": 12, "batch_size": 8},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+def write_config(workdir: Path, cfg: dict) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def snakemake(workdir: Path, *args: str, config: Path | None = None, timeout: int = 900,
+              check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(config or workdir / "config.yaml"), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc

@@ -1,0 +1,116 @@
+"""Dry-run tests of the DAG and of the start-up checks (no job runs)."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import snakemake, tiny_config, write_config
+
+JOB_LINE = re.compile(r"^(\w+)\s+(\d+)$")
+
+
+def job_counts(stdout: str) -> dict[str, int]:
+    counts, in_stats = {}, False
+    for line in stdout.splitlines():
+        if line.startswith("Job stats:"):
+            in_stats = True
+            continue
+        m = JOB_LINE.match(line.strip())
+        if in_stats and m:
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+@pytest.fixture()
+def fake_model(tmp_path):
+    d = tmp_path / "fake_model"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    return d
+
+
+def test_dry_run_three_iterations_two_shards(tmp_path, fake_model):
+    write_config(tmp_path, tiny_config(fake_model, iterations=3, shards=2))
+    out = snakemake(tmp_path, "-n", "--forceall").stdout
+    assert job_counts(out) == {
+        "prepare_model": 1, "split_prompts": 1, "generate": 6, "score": 6, "build_pairs": 3,
+        "reference_logps": 6, "train": 3, "eval_generate": 4, "eval_metrics": 4, "report": 1,
+        "all": 1, "total": 36,
+    }
+    assert not (tmp_path / "results").exists()
+
+
+def dry_run_jobs(stdout: str) -> list[dict[str, str]]:
+    """Job blocks of a dry run: {'rule': ..., 'input': ..., 'output': ..., 'wildcards': ...}."""
+    jobs, cur = [], None
+    for line in stdout.splitlines():
+        if line.startswith("rule ") or line.startswith("localrule "):
+            cur = {"rule": line.split()[1].rstrip(":")}
+            jobs.append(cur)
+        elif cur is not None and line.startswith("    ") and ":" in line:
+            key, _, val = line.strip().partition(": ")
+            cur[key] = val
+    return jobs
+
+
+def test_generate_of_iteration_t_reads_model_of_t_minus_1(tmp_path, fake_model):
+    write_config(tmp_path, tiny_config(fake_model, iterations=3, shards=2))
+    jobs = dry_run_jobs(snakemake(tmp_path, "-n", "--forceall").stdout)
+    gens = [j for j in jobs if j["rule"] == "generate"]
+    assert len(gens) == 6
+    for j in gens:
+        t = int(j["wildcards"].split("iter=")[1].split(",")[0])
+        inputs = j["input"].split(", ")
+        expected = "results/base_model" if t == 1 else f"results/tiny/iter{t - 1}/model"
+        assert expected in inputs, j
+    trains = {j["output"].split(", ")[0]: j["input"].split(", ") for j in jobs if j["rule"] == "train"}
+    assert "results/tiny/iter2/pairs.parquet" in trains["results/tiny/iter2/model"]
+    assert "results/tiny/iter1/model" in trains["results/tiny/iter2/model"]
+
+
+def test_target_of_one_iteration_builds_only_what_it_needs(tmp_path, fake_model):
+    write_config(tmp_path, tiny_config(fake_model, iterations=3, shards=2))
+    out = snakemake(tmp_path, "-n", "results/tiny/iter1/pairs.parquet").stdout
+    assert job_counts(out) == {"prepare_model": 1, "split_prompts": 1, "generate": 2, "score": 2,
+                               "build_pairs": 1, "total": 7}
+
+
+def _fails_cleanly(tmp_path, cfg, match):
+    write_config(tmp_path, cfg)
+    proc = snakemake(tmp_path, "-n", check=False)
+    assert proc.returncode != 0
+    lines = [l for l in proc.stderr.splitlines() if l.startswith("nashflow: error:")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert re.search(match, lines[0]), lines[0]
+    assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()
+
+
+def test_missing_prompts_file(tmp_path, fake_model):
+    cfg = tiny_config(fake_model)
+    cfg["prompts"]["path"] = str(tmp_path / "missing.jsonl")
+    _fails_cleanly(tmp_path, cfg, r"prompts file .*missing\.jsonl does not exist \(config key prompts\.path\)")
+
+
+def test_missing_prompt_column(tmp_path, fake_model):
+    p = tmp_path / "p.csv"
+    p.write_text("question\nhello there\n")
+    cfg = tiny_config(fake_model)
+    cfg["prompts"] = {"path": str(p)}
+    _fails_cleanly(tmp_path, cfg, r"p\.csv has no column 'prompt' \(config key prompts\.column\)")
+
+
+def test_empty_prompt_set(tmp_path, fake_model):
+    p = tmp_path / "p.jsonl"
+    p.write_text("")
+    cfg = tiny_config(fake_model)
+    cfg["prompts"] = {"path": str(p)}
+    _fails_cleanly(tmp_path, cfg, r"p\.jsonl is empty")
+
+
+def test_wrong_type_in_config(tmp_path, fake_model):
+    _fails_cleanly(tmp_path, tiny_config(fake_model, iterations="3"), r"config key 'iterations'.*not of type 'integer'")
+
+
+def test_missing_base_model(tmp_path):
+    _fails_cleanly(tmp_path, tiny_config(tmp_path / "nowhere"), r"base model path .*nowhere is not a model folder")

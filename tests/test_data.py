@@ -1,0 +1,83 @@
+"""Prompt loading, validation and the per-iteration split."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from nashflow.data import PromptsConfig, iteration_prompts, load_prompts, split_prompts
+from nashflow.errors import DataError
+
+from conftest import PROMPTS
+
+
+def test_shipped_prompts_are_many_and_unique():
+    df = load_prompts(PromptsConfig(path=str(PROMPTS), id_column="id"))
+    assert len(df) >= 300
+    assert df.prompt_id.is_unique and df.prompt.str.lower().is_unique
+
+
+def test_split_is_disjoint_and_stable():
+    cfg = PromptsConfig(path=str(PROMPTS), id_column="id", eval_size=40, prompts_per_iteration=50)
+    eval_df, pool = split_prompts(load_prompts(cfg), cfg)
+    assert len(eval_df) == 40
+    assert not set(eval_df.prompt_id) & set(pool.prompt_id)
+    parts = [set(iteration_prompts(pool, t, 0, 1, 50).prompt_id) for t in (1, 2, 3)]
+    assert all(len(p) == 50 for p in parts)
+    assert not (parts[0] & parts[1]) and not (parts[1] & parts[2])
+    # shards of one iteration partition it
+    shards = [set(iteration_prompts(pool, 1, s, 3, 50).prompt_id) for s in range(3)]
+    assert set().union(*shards) == parts[0] and sum(map(len, shards)) == 50
+    # same seed → same split
+    eval2, pool2 = split_prompts(load_prompts(cfg), cfg)
+    assert eval2.prompt_id.tolist() == eval_df.prompt_id.tolist()
+    # iterations beyond the available parts wrap around
+    n_parts = int(pool.part.max()) + 1
+    assert set(iteration_prompts(pool, n_parts + 1, 0, 1, 50).prompt_id) == parts[0]
+
+
+def test_messages_carry_system_prompt():
+    cfg = PromptsConfig(path=str(PROMPTS), id_column="id", eval_size=5, system_prompt="Be kind.")
+    eval_df, _ = split_prompts(load_prompts(cfg), cfg)
+    msgs = list(eval_df.messages[0])
+    assert msgs[0] == {"role": "system", "content": "Be kind."} and msgs[1]["role"] == "user"
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        load_prompts(PromptsConfig(path=str(tmp_path / "nope.jsonl")))
+
+
+def test_missing_column(tmp_path):
+    p = tmp_path / "p.jsonl"
+    p.write_text(json.dumps({"text": "hello there"}) + "\n")
+    with pytest.raises(DataError, match="no column 'prompt'.*text"):
+        load_prompts(PromptsConfig(path=str(p)))
+
+
+def test_empty_file_and_empty_table(tmp_path):
+    p = tmp_path / "p.jsonl"
+    p.write_text("")
+    with pytest.raises(DataError, match="empty"):
+        load_prompts(PromptsConfig(path=str(p)))
+    c = tmp_path / "p.csv"
+    c.write_text("prompt\n")
+    with pytest.raises(DataError, match="no rows"):
+        load_prompts(PromptsConfig(path=str(c)))
+
+
+def test_duplicate_ids_and_blank_rows(tmp_path):
+    p = tmp_path / "p.csv"
+    pd.DataFrame({"id": ["a", "a"], "prompt": ["x y", "z w"]}).to_csv(p, index=False)
+    with pytest.raises(DataError, match="row 2: duplicate prompt id 'a'"):
+        load_prompts(PromptsConfig(path=str(p), id_column="id"))
+    pd.DataFrame({"id": ["a", "b"], "prompt": ["x y", " "]}).to_csv(p, index=False)
+    with pytest.raises(DataError, match="row 2"):
+        load_prompts(PromptsConfig(path=str(p)))
+
+
+def test_non_utf8(tmp_path):
+    p = tmp_path / "p.csv"
+    p.write_bytes(b"prompt\ncaf\xe9 au lait\n")
+    with pytest.raises(DataError, match="not valid UTF-8"):
+        load_prompts(PromptsConfig(path=str(p)))
