@@ -84,8 +84,11 @@ def prepare_base_model(cfg: BaseModelConfig, out_dir: str | os.PathLike, seed: i
     if getattr(tokenizer, "chat_template", None) is None:
         raise DataError(f"the tokenizer of base model {src} has no chat template; use an instruction-tuned "
                         "model or add a chat_template to its tokenizer_config.json")
-    # GGUF loading attaches a quantizer that refuses save_pretrained; weights are already dense fp32.
+    # GGUF loading attaches a quantizer and a quantization_config; the weights are already dense
+    # fp32, and with either left in place the saved folder would reload as "quantized, not serializable".
     model.hf_quantizer = None
+    if getattr(model.config, "quantization_config", None) is not None:
+        delattr(model.config, "quantization_config")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     with atomic_dir(out_dir) as tmp:

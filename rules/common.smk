@@ -90,4 +90,5 @@ def get_all_train_metrics(wildcards):
 
 
 def get_final_targets():
-    return expand("results/{run}/report/summary.csv", run=RUN)
+    """The report plus every iterate, so that a deleted checkpoint is rebuilt (with its dependents)."""
+    return expand("results/{run}/report/summary.csv", run=RUN) + [model_dir(RUN, t) for t in ITERATIONS]

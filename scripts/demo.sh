@@ -5,6 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1
+# Resuming after a crash: a killed Snakemake leaves its lock behind. Remove it only when no other
+# Snakemake process is running in this directory.
+if [ -n "$(ls -A .snakemake/locks 2>/dev/null)" ] && ! pgrep -f "snakemake.*--profile profiles/local" >/dev/null; then
+    echo "nashflow: removing the stale lock of an interrupted run"
+    .venv/bin/snakemake --unlock
+fi
 .venv/bin/snakemake --profile profiles/local "$@"
 .venv/bin/snakemake --profile profiles/local --report results/default/report.html "$@"
 .venv/bin/python - <<'PY'
