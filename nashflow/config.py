@@ -16,6 +16,7 @@ import yaml
 from nashflow.data import PromptsConfig
 from nashflow.errors import ConfigError
 from nashflow.generate import SamplingConfig
+from nashflow.methods import resolve_algorithm
 from nashflow.models import BaseModelConfig
 from nashflow.scorers import ScorerConfig
 from nashflow.trainer import LossConfig, TrainConfig
@@ -61,6 +62,10 @@ def validate_config(config: dict, schema_path: str | Path) -> dict:
     if errors:
         raise ConfigError(_message(errors[0]))
     cfg = _fill_defaults(schema, cfg)
+    try:
+        cfg["algorithm"] = resolve_algorithm(cfg["algorithm"])
+    except (ValueError, KeyError) as err:
+        raise ConfigError(f"config: {str(err).strip(chr(39))}") from err
     # Cross-field rules that JSON Schema does not express, checked by the dataclasses.
     for build in (prompts_config, base_model_config, sampling_config, eval_sampling_config, train_config,
                   loss_config, scorer_config):
@@ -113,8 +118,11 @@ def train_config(cfg: dict) -> TrainConfig:
 
 def loss_config(cfg: dict) -> LossConfig:
     algo = cfg["algorithm"]
-    return LossConfig(name=algo.get("loss") or algo["name"], beta=algo["beta"], logp_norm=algo["logp_norm"],
-                      params=dict(algo.get("params") or {}))
+    params = dict(algo.get("params") or {})
+    if algo["history"]:
+        params.setdefault("history_weights", algo["history_weights"])
+    return LossConfig(name=algo["loss"], beta=algo["beta"], logp_norm=algo["logp_norm"], params=params,
+                      select_best=bool(algo["select_best"]), val_fraction=float(algo["val_fraction"]))
 
 
 def scorer_config(cfg: dict) -> ScorerConfig:

@@ -112,17 +112,26 @@ def length_batches(lengths: Sequence[int], max_tokens: int, max_batch: int = 64)
 
 @torch.inference_mode()
 def sequence_logps(model, encoded: Sequence[Encoded], pad_id: int, *, max_tokens: int = 4096,
-                   progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Summed response log-probs and response token counts for every encoded sequence."""
+                   progress: bool = True, per_token: bool = False):
+    """Summed response log-probs and response token counts for every encoded sequence.
+
+    With ``per_token`` also returns, per sequence, the list of response-token log-probs.
+    """
     device = next(model.parameters()).device
     sums = np.zeros(len(encoded), dtype=np.float64)
     counts = np.array([e.n_response for e in encoded], dtype=np.int64)
+    tokens: list[list[float]] = [[] for _ in encoded]
     batches = length_batches([len(e.input_ids) for e in encoded], max_tokens)
     bar = tqdm(total=len(encoded), desc="log-probs", unit="seq", disable=not progress, mininterval=5)
     for idx in batches:
         ids, attn, resp = collate([encoded[i] for i in idx], pad_id, device)
-        lp = token_logps(model, ids, attn, resp).sum(-1).double().cpu().numpy()
-        sums[idx] = lp
+        lp = token_logps(model, ids, attn, resp)
+        sums[idx] = lp.sum(-1).double().cpu().numpy()
+        if per_token:
+            mask = resp[:, 1:].cpu()
+            lp_cpu = lp.float().cpu()
+            for row, i in enumerate(idx):
+                tokens[i] = lp_cpu[row][mask[row]].tolist()
         bar.update(len(idx))
     bar.close()
-    return sums, counts
+    return (sums, counts, tokens) if per_token else (sums, counts)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from nashflow import config as C
@@ -90,10 +91,14 @@ def pairs(cfg: dict, *, samples_paths: list[str], scores_paths: list[str], out: 
 
 
 def logps(cfg: dict, *, pairs_path: str, shard: int, model_dir: str, out: str, threads: int | None = None) -> None:
-    """Summed response log-probs and token counts of chosen/rejected under one checkpoint."""
+    """Summed response log-probs and token counts of chosen/rejected under one checkpoint.
+
+    For Nash-MD also the per-token log-probs of the chosen (policy) response.
+    """
     set_threads(threads)
     pairs_df = shard_rows(read_table(pairs_path), shard, cfg["shards"])
     tcfg = C.train_config(cfg)
+    per_token = cfg["algorithm"]["loss"] == "nash_md"
     tok = load_tokenizer(model_dir)
     model = load_model(model_dir, device=default_device())
     enc = []
@@ -101,34 +106,37 @@ def logps(cfg: dict, *, pairs_path: str, shard: int, model_dir: str, out: str, t
         for msgs, text, fin in zip(pairs_df.messages, pairs_df[side], pairs_df[f"{side}_finish"]):
             enc.append(encode_pair_side(tok, list(msgs), text, finished=fin == "stop",
                                         max_length=tcfg.max_length, max_prompt_length=tcfg.max_prompt_length))
-    sums, counts = sequence_logps(model, enc, tok.pad_token_id, max_tokens=cfg["logps"]["max_tokens_per_batch"]) \
-        if enc else ([], [])
     n = len(pairs_df)
-    df = pd.DataFrame({
-        "pair_id": pairs_df.pair_id.to_numpy(), "model": checkpoint_name(model_dir),
-        "chosen_logp": sums[:n], "chosen_tokens": counts[:n],
-        "rejected_logp": sums[n:], "rejected_tokens": counts[n:],
-    })
-    write_table(df, out, provenance(parents={"pairs": pairs_path, "model": model_dir}, config=cfg["training"]))
+    out_df = pd.DataFrame({"pair_id": pairs_df.pair_id.to_numpy(), "model": checkpoint_name(model_dir)})
+    if enc:
+        res = sequence_logps(model, enc, tok.pad_token_id, max_tokens=cfg["logps"]["max_tokens_per_batch"],
+                             per_token=per_token)
+        sums, counts = res[0], res[1]
+        if per_token:
+            out_df["chosen_token_logps"] = res[2][:n]
+    else:
+        sums, counts = np.zeros(0), np.zeros(0, dtype=np.int64)
+    out_df["chosen_logp"], out_df["chosen_tokens"] = sums[:n], counts[:n]
+    out_df["rejected_logp"], out_df["rejected_tokens"] = sums[n:], counts[n:]
+    write_table(out_df, out, provenance(parents={"pairs": pairs_path, "model": model_dir}, config=cfg["training"]))
 
 
-def train(cfg: dict, *, policy_dir: str, reference_dir: str, pairs_path: str, ref_logps: list[str],
-          out_dir: str, metrics_path: str, n_gpus: int, threads: int | None, log_path: str | None) -> None:
+def train(cfg: dict, *, policy_dir: str, pairs_path: str, logps: dict, roles: dict, out_dir: str,
+          metrics_path: str, n_gpus: int, threads: int | None, log_path: str | None) -> None:
+    """Launch the trainer; ``logps`` maps roles to log-prob shard files, ``roles`` names checkpoints."""
     from dataclasses import asdict
 
     from nashflow.launch import launch_training
 
     spec = {
-        "policy_path": policy_dir, "pairs_path": pairs_path, "ref_logps_paths": list(ref_logps),
+        "policy_path": policy_dir, "pairs_path": pairs_path, "logps": logps,
         "output_dir": out_dir, "metrics_path": metrics_path, "threads": threads,
-        "train": {k: v for k, v in asdict(C.train_config(cfg)).items()},
+        "train": asdict(C.train_config(cfg)),
         "loss": asdict(C.loss_config(cfg)),
-        "parents": {"policy_init": checkpoint_name(policy_dir), "reference": checkpoint_name(reference_dir),
-                    "pairs": pairs_path},
+        "parents": {"policy_init": checkpoint_name(policy_dir), "pairs": pairs_path, **roles},
         "progress": True,
     }
-    launch_training(spec, n_gpus=n_gpus, log_path=log_path,
-                    mixed_precision=cfg["training"]["mixed_precision"])
+    launch_training(spec, n_gpus=n_gpus, log_path=log_path, mixed_precision=cfg["training"]["mixed_precision"])
 
 
 def eval_generate(cfg: dict, *, model_dir: str, eval_prompts: str, out: str, threads: int | None = None) -> None:

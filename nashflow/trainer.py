@@ -1,16 +1,17 @@
 """The preference trainer: one concatenated forward for chosen and rejected, pluggable losses.
 
-Reference (and later history/anchor) log-probs are table columns computed by the log-prob
-stage; the trainer reads them and never recomputes them. Policy log-probs use the same
-encoding and ``token_logps`` code path as that stage.
+Reference, history and anchor log-probs are table columns computed by the log-prob stage; the
+trainer reads them and never recomputes them. Policy log-probs use the same encoding and
+``token_logps`` code path as that stage.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
+import hashlib
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from nashflow.losses import get_loss
 from nashflow.seeding import derive_seed, seed_everything
 
 log = logging.getLogger(__name__)
+ONLY_CHOSEN = {"mle", "nash_md"}  # losses that never look at the rejected response
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ class LossConfig:
     beta: float = 0.1
     logp_norm: str = "sum"
     params: dict[str, Any] = field(default_factory=dict)
+    select_best: bool = False
+    val_fraction: float = 0.1
 
     def __post_init__(self):
         get_loss(self.name)
@@ -76,6 +80,8 @@ class LossConfig:
             raise ValueError("algorithm.beta must be > 0")
         if self.logp_norm not in ("sum", "mean"):
             raise ValueError("algorithm.logp_norm must be 'sum' or 'mean'")
+        if self.name == "mle" and self.logp_norm != "sum":
+            raise ValueError("the mle loss needs algorithm.logp_norm: sum")
 
 
 def normalise(sums: torch.Tensor, counts: torch.Tensor, how: str) -> torch.Tensor:
@@ -95,20 +101,100 @@ def _lr_lambda(kind: str, total: int, warmup: int):
     return f
 
 
-def load_training_table(pairs_path: str, ref_logps_paths: list[str]) -> pd.DataFrame:
-    pairs = read_table(pairs_path)
-    ref = pd.concat([read_table(p) for p in ref_logps_paths], ignore_index=True)
-    cols = ["pair_id", "chosen_logp", "chosen_tokens", "rejected_logp", "rejected_tokens", "model"]
-    ref = ref[cols].rename(columns={c: f"ref_{c}" for c in cols[1:]})
-    df = pairs.merge(ref, on="pair_id", how="left", validate="one_to_one")
-    if df["ref_chosen_logp"].isna().any():
-        missing = df.loc[df["ref_chosen_logp"].isna(), "pair_id"].iloc[0]
-        raise DataError(f"pair {missing} has no reference log-probs in {ref_logps_paths}")
+LOGP_COLS = ["chosen_logp", "chosen_tokens", "rejected_logp", "rejected_tokens", "model"]
+
+
+def _role_table(paths: list[str], prefix: str) -> pd.DataFrame:
+    df = pd.concat([read_table(p) for p in paths], ignore_index=True)
+    cols = [c for c in LOGP_COLS + ["chosen_token_logps"] if c in df.columns]
+    return df[["pair_id"] + cols].rename(columns={c: f"{prefix}_{c}" for c in cols})
+
+
+def load_training_table(pairs_path: str, logps: dict[str, Any]) -> pd.DataFrame:
+    """Pairs joined (by pair_id) with the reference and history log-prob tables.
+
+    ``logps = {"reference": [shard files], "history": [[shard files of player 0], ...]}``.
+    """
+    df = read_table(pairs_path)
+    roles = [("ref", logps["reference"])] + [(f"hist{j}", p) for j, p in enumerate(logps.get("history", []))]
+    for prefix, paths in roles:
+        df = df.merge(_role_table(paths, prefix), on="pair_id", how="left", validate="one_to_one")
+        if df[f"{prefix}_chosen_logp"].isna().any():
+            missing = df.loc[df[f"{prefix}_chosen_logp"].isna(), "pair_id"].iloc[0]
+            raise DataError(f"pair {missing} has no {prefix} log-probs in {paths}")
     return df
 
 
-def train(*, policy_path: str, pairs_path: str, ref_logps_paths: list[str], output_dir: str, metrics_path: str,
-          train_cfg: TrainConfig, loss_cfg: LossConfig, parents: dict[str, str] | None = None,
+def is_validation(pair_id: str, fraction: float) -> bool:
+    h = int.from_bytes(hashlib.sha256(pair_id.encode()).digest()[:4], "little")
+    return h / 2**32 < fraction
+
+
+class PairBatches:
+    """Tensors of the whole pair table, indexed per micro-batch."""
+
+    def __init__(self, df: pd.DataFrame, tok, train_cfg: TrainConfig, loss_cfg: LossConfig, n_history: int):
+        self.df, self.tok, self.cfg, self.loss_cfg, self.n_history = df, tok, train_cfg, loss_cfg, n_history
+        enc = lambda msgs, text, fin: encode_pair_side(  # noqa: E731
+            tok, list(msgs), text, finished=fin == "stop", max_length=train_cfg.max_length,
+            max_prompt_length=train_cfg.max_prompt_length)
+        self.chosen = [enc(m, t, f) for m, t, f in zip(df.messages, df.chosen, df.chosen_finish)]
+        self.only_chosen = loss_cfg.name in ONLY_CHOSEN
+        self.rejected = [] if self.only_chosen else \
+            [enc(m, t, f) for m, t, f in zip(df.messages, df.rejected, df.rejected_finish)]
+        col = lambda name: torch.tensor(df[name].to_numpy(dtype=np.float64), dtype=torch.float32)  # noqa: E731
+        norm = loss_cfg.logp_norm
+        self.tensors = {
+            "ref_chosen_logps": normalise(col("ref_chosen_logp"), col("ref_chosen_tokens"), norm),
+            "ref_rejected_logps": normalise(col("ref_rejected_logp"), col("ref_rejected_tokens"), norm),
+            "chosen_target": col("chosen_target"), "rejected_target": col("rejected_target"),
+            "pref_prob": col("pref_prob"),
+        }
+        if n_history:
+            self.tensors["history_chosen_logps"] = torch.stack(
+                [normalise(col(f"hist{j}_chosen_logp"), col(f"hist{j}_chosen_tokens"), norm)
+                 for j in range(n_history)], -1)
+            self.tensors["history_rejected_logps"] = torch.stack(
+                [normalise(col(f"hist{j}_rejected_logp"), col(f"hist{j}_rejected_tokens"), norm)
+                 for j in range(n_history)], -1)
+        self.ref_tokens = list(df["ref_chosen_token_logps"]) if "ref_chosen_token_logps" in df.columns else None
+        if loss_cfg.name == "nash_md" and self.ref_tokens is None:
+            raise DataError("the nash_md loss needs per-token reference log-probs (column chosen_token_logps)")
+
+    def lengths(self) -> list[int]:
+        if self.only_chosen:
+            return [len(c.input_ids) for c in self.chosen]
+        return [max(len(c.input_ids), len(r.input_ids)) for c, r in zip(self.chosen, self.rejected)]
+
+    def loss(self, model, idx: list[int], loss_fn, device) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+        """Per-example losses of the micro-batch ``idx`` and the policy log-probs used."""
+        seqs: list[Encoded] = [self.chosen[i] for i in idx]
+        if not self.only_chosen:
+            seqs += [self.rejected[i] for i in idx]
+        ids, attn, resp = collate(seqs, self.tok.pad_token_id, device)
+        lp = token_logps(model, ids, attn, resp)
+        counts = resp[:, 1:].sum(-1).float()
+        pol = normalise(lp.sum(-1), counts, self.loss_cfg.logp_norm)
+        n = len(idx)
+        i_t = torch.tensor(idx)
+        kw = {k: v[i_t].to(device) for k, v in self.tensors.items()}
+        kw["policy_chosen_logps"] = pol[:n]
+        kw["policy_rejected_logps"] = pol[n:] if not self.only_chosen else kw["ref_rejected_logps"]
+        kw["chosen_tokens"] = counts[:n]
+        if self.loss_cfg.name == "nash_md":
+            mask = resp[:n, 1:]
+            ref_flat = torch.tensor(np.concatenate([np.asarray(self.ref_tokens[i], dtype=np.float32) for i in idx]),
+                                    device=device)
+            if ref_flat.numel() != int(mask.sum()):
+                raise DataError("per-token reference log-probs do not match the policy's response tokens")
+            kw.update(policy_token_logps=lp[:n], mask=mask,
+                      ref_token_logps=torch.zeros_like(lp[:n]).masked_scatter(mask, ref_flat.to(lp.dtype)))
+        losses = loss_fn(beta=self.loss_cfg.beta, **self.loss_cfg.params, **kw)
+        return losses, kw, int(attn.sum())
+
+
+def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_dir: str, metrics_path: str,
+          train_cfg: TrainConfig, loss_cfg: LossConfig, parents: dict[str, Any] | None = None,
           progress: bool = True) -> None:
     """Train the policy initialised from ``policy_path`` on the pairs; save a safetensors folder."""
     from accelerate import Accelerator
@@ -117,7 +203,14 @@ def train(*, policy_path: str, pairs_path: str, ref_logps_paths: list[str], outp
 
     acc = Accelerator(gradient_accumulation_steps=train_cfg.grad_accum)
     seed_everything(train_cfg.seed)
-    df = load_training_table(pairs_path, ref_logps_paths)
+    df = load_training_table(pairs_path, logps)
+    n_history = len(logps.get("history", []))
+    val_df = None
+    if loss_cfg.select_best:
+        is_val = df.pair_id.map(lambda p: is_validation(p, loss_cfg.val_fraction))
+        if is_val.sum() == 0 or (~is_val).sum() == 0:
+            raise DataError(f"{len(df)} pairs are too few for a validation split of {loss_cfg.val_fraction}")
+        val_df, df = df[is_val].reset_index(drop=True), df[~is_val].reset_index(drop=True)
     tok = load_tokenizer(policy_path)
     model = load_model(policy_path, eval_mode=False)
     model.config.use_cache = False
@@ -128,20 +221,10 @@ def train(*, policy_path: str, pairs_path: str, ref_logps_paths: list[str], outp
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
 
-    enc = lambda msgs, text, fin: encode_pair_side(  # noqa: E731
-        tok, list(msgs), text, finished=fin == "stop", max_length=train_cfg.max_length,
-        max_prompt_length=train_cfg.max_prompt_length)
-    chosen = [enc(m, t, f) for m, t, f in zip(df.messages, df.chosen, df.chosen_finish)]
-    rejected = [enc(m, t, f) for m, t, f in zip(df.messages, df.rejected, df.rejected_finish)]
-    ref_c = torch.tensor(df.ref_chosen_logp.to_numpy(), dtype=torch.float32)
-    ref_r = torch.tensor(df.ref_rejected_logp.to_numpy(), dtype=torch.float32)
-    ref_cn = torch.tensor(df.ref_chosen_tokens.to_numpy(), dtype=torch.float32)
-    ref_rn = torch.tensor(df.ref_rejected_tokens.to_numpy(), dtype=torch.float32)
-    lengths = [max(len(c.input_ids), len(r.input_ids)) for c, r in zip(chosen, rejected)]
-
-    # Length-grouped micro-batches (a token budget keeps padding low), shuffled per epoch.
-    budget = train_cfg.batch_size * max(lengths)
-    base_batches = length_batches(lengths, budget, max_batch=train_cfg.batch_size)
+    data = PairBatches(df, tok, train_cfg, loss_cfg, n_history)
+    val = PairBatches(val_df, tok, train_cfg, loss_cfg, n_history) if val_df is not None else None
+    lengths = data.lengths()
+    base_batches = length_batches(lengths, train_cfg.batch_size * max(lengths), max_batch=train_cfg.batch_size)
     world, rank = acc.num_processes, acc.process_index
     per_proc = len(base_batches) // world
     if per_proc == 0:
@@ -159,10 +242,22 @@ def train(*, policy_path: str, pairs_path: str, ref_logps_paths: list[str], outp
     # The scheduler is stepped by hand once per optimizer step (batches are sharded by hand).
     model, opt = acc.prepare(model, opt)
     loss_fn = get_loss(loss_cfg.name)
-    pad = tok.pad_token_id
+    beta = loss_cfg.beta
+
+    def validation_loss() -> float:
+        model.eval()
+        total, n = 0.0, 0
+        with torch.no_grad():
+            vl = val.lengths()
+            for idx in length_batches(vl, train_cfg.batch_size * max(vl), max_batch=train_cfg.batch_size):
+                losses, _, _ = val.loss(model, idx, loss_fn, acc.device)
+                total, n = total + float(losses.sum()), n + len(idx)
+        model.train()
+        return total / max(n, 1)
 
     rows: list[dict[str, Any]] = []
     step, t0, tokens = 0, time.time(), 0
+    best: dict[str, Any] = {"val_loss": validation_loss() if val else None, "step": 0, "state": None}
     bar = tqdm(total=total_steps, desc="train", unit="step", disable=not (progress and acc.is_main_process))
     for epoch in range(train_cfg.epochs):
         order = np.random.default_rng(derive_seed(train_cfg.seed, epoch)).permutation(len(base_batches))
@@ -171,18 +266,7 @@ def train(*, policy_path: str, pairs_path: str, ref_logps_paths: list[str], outp
         acc_stats: list[dict[str, float]] = []
         for idx in mine:
             with acc.accumulate(model):
-                seqs: list[Encoded] = [chosen[i] for i in idx] + [rejected[i] for i in idx]
-                ids, attn, resp = collate(seqs, pad, acc.device)
-                lp = token_logps(model, ids, attn, resp)
-                sums, counts = lp.sum(-1), resp[:, 1:].sum(-1).float()
-                n = len(idx)
-                pol = normalise(sums, counts, loss_cfg.logp_norm)
-                i_t = torch.tensor(idx)
-                rc = normalise(ref_c[i_t], ref_cn[i_t], loss_cfg.logp_norm).to(acc.device)
-                rr = normalise(ref_r[i_t], ref_rn[i_t], loss_cfg.logp_norm).to(acc.device)
-                losses = loss_fn(policy_chosen_logps=pol[:n], policy_rejected_logps=pol[n:],
-                                 ref_chosen_logps=rc, ref_rejected_logps=rr,
-                                 beta=loss_cfg.beta, **loss_cfg.params)
+                losses, kw, n_tok = data.loss(model, idx, loss_fn, acc.device)
                 loss = losses.mean()
                 acc.backward(loss)
                 gnorm = None
@@ -192,15 +276,17 @@ def train(*, policy_path: str, pairs_path: str, ref_logps_paths: list[str], outp
                 if acc.sync_gradients:
                     sched.step()
                 opt.zero_grad()
-                tokens += int(attn.sum())
+                tokens += n_tok
                 with torch.no_grad():
-                    rw_c = loss_cfg.beta * (pol[:n] - rc)
-                    rw_r = loss_cfg.beta * (pol[n:] - rr)
+                    rw_c = beta * (kw["policy_chosen_logps"] - kw["ref_chosen_logps"])
+                    rw_r = beta * (kw["policy_rejected_logps"] - kw["ref_rejected_logps"])
                     acc_stats.append({
                         "loss": float(loss), "rewards_chosen": float(rw_c.mean()),
                         "rewards_rejected": float(rw_r.mean()), "rewards_margin": float((rw_c - rw_r).mean()),
                         "rewards_accuracy": float((rw_c > rw_r).float().mean()),
-                        "logps_chosen": float(pol[:n].mean()), "logps_rejected": float(pol[n:].mean()),
+                        "logps_chosen": float(kw["policy_chosen_logps"].mean()),
+                        "logps_rejected": float(kw["policy_rejected_logps"].mean()),
+                        "kl_chosen": float((kw["policy_chosen_logps"] - kw["ref_chosen_logps"]).mean()),
                         "grad_norm": float(gnorm) if gnorm is not None else float("nan"),
                     })
             if acc.sync_gradients:
@@ -208,27 +294,39 @@ def train(*, policy_path: str, pairs_path: str, ref_logps_paths: list[str], outp
                 stats = {k: float(np.nanmean([s[k] for s in acc_stats])) for k in acc_stats[0]}
                 stats = {k: float(acc.reduce(torch.tensor(v, device=acc.device), "mean")) for k, v in stats.items()}
                 acc_stats = []
-                elapsed = time.time() - t0
-                rows.append({"step": step, "epoch": epoch + 1, "lr": sched.get_last_lr()[0], **stats,
-                             "tokens_per_s": tokens * world / max(elapsed, 1e-9)})
+                row = {"step": step, "epoch": epoch + 1, "lr": sched.get_last_lr()[0], **stats,
+                       "tokens_per_s": tokens * world / max(time.time() - t0, 1e-9)}
+                if val is not None and step % steps_per_epoch == 0:
+                    row["val_loss"] = validation_loss()
+                    if row["val_loss"] < best["val_loss"]:
+                        best.update(val_loss=row["val_loss"], step=step,
+                                    state={k: v.detach().cpu().clone()
+                                           for k, v in acc.unwrap_model(model).state_dict().items()})
+                rows.append(row)
                 bar.set_postfix(loss=f"{stats['loss']:.4f}", acc=f"{stats['rewards_accuracy']:.2f}")
                 bar.update(1)
     bar.close()
     acc.wait_for_everyone()
     if acc.is_main_process:
+        fields = list(dict.fromkeys(k for r in rows for k in r)) or ["step"]
         with atomic_path(metrics_path) as tmp, open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["step"])
+            writer = csv.DictWriter(fh, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
         unwrapped = acc.unwrap_model(model)
+        if val is not None:
+            # COMAL keeps the best validation checkpoint (step 0 = the initial policy).
+            state = best["state"] if best["state"] is not None else load_model(policy_path).state_dict()
+            unwrapped.load_state_dict(state)
         unwrapped.config.use_cache = True
+        extra = {"best_step": best["step"], "best_val_loss": best["val_loss"]} if val is not None else {}
         with atomic_dir(output_dir) as tmp:
             unwrapped.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
             write_json(provenance(parents=parents or {"policy_init": policy_path, "pairs": pairs_path},
                                   config={"train": asdict(train_cfg), "loss": asdict(loss_cfg)},
                                   seed=train_cfg.seed, role="policy", n_pairs=len(df), steps=step,
-                                  processes=world), tmp / "provenance.json")
+                                  processes=world, **extra), tmp / "provenance.json")
     acc.wait_for_everyone()
 
 
@@ -237,15 +335,17 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     import json
 
+    from nashflow.logutil import job_logging
+
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--spec", required=True, help="JSON file with the train() arguments")
     args = ap.parse_args(argv)
     spec = json.loads(Path(args.spec).read_text())
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if spec.get("threads"):
-        torch.set_num_threads(int(spec.pop("threads")))
-    spec.pop("threads", None)
-    train(train_cfg=TrainConfig(**spec.pop("train")), loss_cfg=LossConfig(**spec.pop("loss")), **spec)
+    threads = spec.pop("threads", None)
+    if threads:
+        torch.set_num_threads(int(threads))
+    with job_logging(None):
+        train(train_cfg=TrainConfig(**spec.pop("train")), loss_cfg=LossConfig(**spec.pop("loss")), **spec)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from nashflow.config import validate_config
 from nashflow.data import load_prompts
 from nashflow.config import prompts_config
 from nashflow.errors import NashflowError
+from nashflow.methods import checkpoints_needed, iteration_roles
 
 
 def _validated(cfg):
@@ -36,6 +37,7 @@ wildcard_constraints:
     run=RUN,
     iter=r"\d+",
     shard=r"\d+",
+    ckpt=r"base|iter\d+",
 
 
 def model_dir(run, t):
@@ -43,14 +45,43 @@ def model_dir(run, t):
     return BASE_MODEL if int(t) == 0 else f"results/{run}/iter{int(t)}/model"
 
 
+def ckpt_key(k):
+    """Folder name of checkpoint k under logps/: base or iter<k>."""
+    return "base" if int(k) == 0 else f"iter{int(k)}"
+
+
 def get_generator(wildcards):
     return model_dir(wildcards.run, int(wildcards.iter) - 1)
 
 
-def get_reference(wildcards):
-    if config["algorithm"]["reference"] == "previous":
-        return get_generator(wildcards)
-    return BASE_MODEL
+def get_logps_model(wildcards):
+    return BASE_MODEL if wildcards.ckpt == "base" else model_dir(wildcards.run, wildcards.ckpt[len("iter"):])
+
+
+def _logps_files(run, t, k):
+    return expand("results/{run}/iter{iter}/logps/{ckpt}/shard{shard}.parquet",
+                  run=run, iter=t, ckpt=ckpt_key(k), shard=SHARDS)
+
+
+def get_train_logps(wildcards):
+    """Every log-prob shard iteration t's roles (reference, history, anchor) need."""
+    t = int(wildcards.iter)
+    return [f for k in checkpoints_needed(t, config["algorithm"]) for f in _logps_files(wildcards.run, t, k)]
+
+
+def get_logps_by_role(wildcards):
+    t = int(wildcards.iter)
+    roles = iteration_roles(t, config["algorithm"])
+    return {"reference": _logps_files(wildcards.run, t, roles["reference"]),
+            "history": [_logps_files(wildcards.run, t, k) for k in roles["history"]]}
+
+
+def get_roles(wildcards):
+    """Checkpoint names per role, recorded in the trained model's provenance."""
+    roles = iteration_roles(int(wildcards.iter), config["algorithm"])
+    name = lambda k: "base_model" if k == 0 else f"{wildcards.run}/iter{k}"
+    return {"generator": name(roles["generator"]), "reference": name(roles["reference"]),
+            "history": [name(k) for k in roles["history"]]}
 
 
 def get_samples(wildcards):
@@ -60,11 +91,6 @@ def get_samples(wildcards):
 
 def get_scores(wildcards):
     return expand("results/{run}/iter{iter}/scores/shard{shard}.parquet",
-                  run=wildcards.run, iter=wildcards.iter, shard=SHARDS)
-
-
-def get_ref_logps(wildcards):
-    return expand("results/{run}/iter{iter}/logps/ref/shard{shard}.parquet",
                   run=wildcards.run, iter=wildcards.iter, shard=SHARDS)
 
 

@@ -1,14 +1,15 @@
-rule reference_logps:
-    """Summed response log-probs and token counts under the reference, for one shard of pairs."""
+rule logps:
+    """Summed response log-probs and token counts of one shard of pairs under one checkpoint
+    (reference, history player or anchor: whichever iteration t's roles name)."""
     input:
         pairs="results/{run}/iter{iter}/pairs.parquet",
-        model=get_reference,
+        model=get_logps_model,
     output:
-        logps="results/{run}/iter{iter}/logps/ref/shard{shard}.parquet",
+        logps="results/{run}/iter{iter}/logps/{ckpt}/shard{shard}.parquet",
     log:
-        "logs/{run}/iter{iter}/logps/ref_shard{shard}.log",
+        "logs/{run}/iter{iter}/logps/{ckpt}_shard{shard}.log",
     benchmark:
-        "logs/{run}/iter{iter}/logps/ref_shard{shard}.benchmark.tsv"
+        "logs/{run}/iter{iter}/logps/{ckpt}_shard{shard}.benchmark.tsv"
     threads: 2
     resources:
         gpu=0,

@@ -2,12 +2,14 @@ rule train:
     """Train π_t from π_{t-1} on the pairs (accelerate launch, one process per GPU of the job)."""
     input:
         policy=get_generator,
-        reference=get_reference,
         pairs="results/{run}/iter{iter}/pairs.parquet",
-        ref_logps=get_ref_logps,
+        logps=get_train_logps,
     output:
         model=directory("results/{run}/iter{iter}/model"),
         metrics="results/{run}/iter{iter}/train_metrics.csv",
+    params:
+        logps=get_logps_by_role,
+        roles=get_roles,
     log:
         "logs/{run}/iter{iter}/train.log",
     benchmark:

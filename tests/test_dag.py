@@ -35,7 +35,7 @@ def test_dry_run_three_iterations_two_shards(tmp_path, fake_model):
     out = snakemake(tmp_path, "-n", "--forceall").stdout
     assert job_counts(out) == {
         "prepare_model": 1, "split_prompts": 1, "generate": 6, "score": 6, "build_pairs": 3,
-        "reference_logps": 6, "train": 3, "eval_generate": 4, "eval_metrics": 4, "report": 1,
+        "logps": 6, "train": 3, "eval_generate": 4, "eval_metrics": 4, "report": 1,
         "all": 1, "total": 36,
     }
     assert not (tmp_path / "results").exists()
@@ -114,3 +114,25 @@ def test_wrong_type_in_config(tmp_path, fake_model):
 
 def test_missing_base_model(tmp_path):
     _fails_cleanly(tmp_path, tiny_config(tmp_path / "nowhere"), r"base model path .*nowhere is not a model folder")
+
+
+def test_mnpo_logps_jobs_follow_the_history_queue(tmp_path, fake_model):
+    write_config(tmp_path, tiny_config(fake_model, iterations=3, shards=2, algorithm={"name": "mnpo"}))
+    jobs = dry_run_jobs(snakemake(tmp_path, "-n", "--forceall").stdout)
+    logps = sorted(j["output"] for j in jobs if j["rule"] == "logps")
+    want = sorted(f"results/tiny/iter{t}/logps/{ckpt}/shard{s}.parquet"
+                  for t, ckpts in ((1, ["base"]), (2, ["base", "iter1"]), (3, ["base", "iter1", "iter2"]))
+                  for ckpt in ckpts for s in (0, 1))
+    assert logps == want
+    train3 = next(j for j in jobs if j["rule"] == "train" and "iter3" in j["output"])
+    assert "results/tiny/iter3/logps/iter2/shard0.parquet" in train3["input"]
+
+
+def test_comal_logps_jobs_follow_the_anchor(tmp_path, fake_model):
+    cfg = tiny_config(fake_model, iterations=3, shards=1, algorithm={"name": "comal", "anchor_every": 2})
+    write_config(tmp_path, cfg)
+    jobs = dry_run_jobs(snakemake(tmp_path, "-n", "--forceall").stdout)
+    logps = sorted(j["output"] for j in jobs if j["rule"] == "logps")
+    # iteration 1: μ = π_0, π_t = π_0; iteration 2: μ = π_0, π_t = π_1; iteration 3: μ = π_2 = π_t
+    assert logps == ["results/tiny/iter1/logps/base/shard0.parquet", "results/tiny/iter2/logps/base/shard0.parquet",
+                     "results/tiny/iter2/logps/iter1/shard0.parquet", "results/tiny/iter3/logps/iter2/shard0.parquet"]

@@ -36,12 +36,12 @@ def test_full_dag_outputs(full_run):
         assert (res / f"iter{t}" / "model" / "model.safetensors").exists()
         prov = json.loads((res / f"iter{t}" / "model" / "provenance.json").read_text())
         assert prov["parents"]["policy_init"] == ("base_model" if t == 1 else "tiny/iter1")
-        assert prov["parents"]["reference"] == "base_model"
+        assert prov["parents"]["reference"] == "base_model" and prov["parents"]["history"] == []
         samples = pd.concat([pd.read_parquet(p) for p in (res / f"iter{t}" / "samples").glob("*.parquet")])
         assert len(samples) == 8 * 3 and samples.prompt_id.nunique() == 8
         assert set(samples.generator) == {"base_model" if t == 1 else "tiny/iter1"}
         pairs = pd.read_parquet(res / f"iter{t}" / "pairs.parquet")
-        logps = pd.concat([pd.read_parquet(p) for p in (res / f"iter{t}" / "logps" / "ref").glob("*.parquet")])
+        logps = pd.concat([pd.read_parquet(p) for p in (res / f"iter{t}" / "logps" / "base").glob("*.parquet")])
         assert sorted(logps.pair_id) == sorted(pairs.pair_id) and set(logps.model) == {"base_model"}
         assert (logps.chosen_logp < 0).all() and (logps.chosen_tokens > 0).all()
         m = json.loads((res / f"iter{t}" / "eval" / "metrics.json").read_text())

@@ -83,48 +83,90 @@ def test_length_batches_respect_budget():
 
 
 def _pairs_table(tmp_path, tok, model):
+    """Six pairs plus log-prob tables for a reference and two history players (per-token too)."""
     rows = []
     for i in range(6):
         msgs = list(PROMPTS.messages[i % 3])
         rows.append({"pair_id": f"p{i}", "prompt_id": f"q{i}", "messages": msgs, "chosen": "happy good day " * (i + 1),
                      "rejected": "sad bad", "chosen_finish": "stop", "rejected_finish": "length",
-                     "chosen_reward": 1.0, "rejected_reward": 0.0, "pref_prob": 0.7, "chosen_target": 1.0,
-                     "rejected_target": 0.0, "generator": "base"})
+                     "chosen_reward": 1.0, "rejected_reward": 0.0, "pref_prob": 0.7, "chosen_target": 0.7,
+                     "rejected_target": 0.3, "generator": "base"})
     pairs = pd.DataFrame(rows)
     write_table(pairs, tmp_path / "pairs.parquet")
     enc = [encode_pair_side(tok, m, t, finished=f == "stop", max_length=96, max_prompt_length=64)
            for side in ("chosen", "rejected") for m, t, f in zip(pairs.messages, pairs[side], pairs[f"{side}_finish"])]
-    sums, counts = sequence_logps(model, enc, tok.pad_token_id, progress=False)
-    write_table(pd.DataFrame({"pair_id": pairs.pair_id, "model": "base", "chosen_logp": sums[:6],
-                              "chosen_tokens": counts[:6], "rejected_logp": sums[6:], "rejected_tokens": counts[6:]}),
-                tmp_path / "ref.parquet")
+    sums, counts, toks = sequence_logps(model, enc, tok.pad_token_id, progress=False, per_token=True)
+    for name, shift in (("ref", 0.0), ("hist0", -0.5), ("hist1", 0.3)):
+        write_table(pd.DataFrame({"pair_id": pairs.pair_id, "model": name, "chosen_logp": sums[:6] + shift,
+                                  "chosen_tokens": counts[:6], "rejected_logp": sums[6:] - shift,
+                                  "rejected_tokens": counts[6:], "chosen_token_logps": toks[:6]}),
+                    tmp_path / f"{name}.parquet")
     return pairs
 
 
-@pytest.mark.parametrize("loss", ["dpo", "ipo"])
-def test_one_training_run_changes_every_parameter(tmp_path, tiny_model_dir, tiny_model, loss):
+LOSS_SETTINGS = {
+    "dpo": {}, "ipo": {}, "sppo": {"beta": 0.01}, "sppo_single": {"beta": 0.01}, "sppo_hard": {"beta": 0.01},
+    "gpo": {"beta": 0.01}, "inpo": {"params": {"eta": 0.05, "ratio": 0.5}},
+    "mnpo": {"logp_norm": "mean", "params": {"eta": 0.05, "ratio": 0.5}},
+    "mnpo_dpo": {"logp_norm": "mean", "params": {"het_loss_weight": 0.1}},
+    "nash_md": {}, "mle": {},
+}
+
+
+def _train(tmp_path, model_dir, loss_cfg, *, batch_size, history=2, epochs=1):
+    train(policy_path=str(model_dir), pairs_path=str(tmp_path / "pairs.parquet"),
+          logps={"reference": [str(tmp_path / "ref.parquet")],
+                 "history": [[str(tmp_path / f"hist{j}.parquet")] for j in range(history)]},
+          output_dir=str(tmp_path / "out"), metrics_path=str(tmp_path / "metrics.csv"),
+          train_cfg=TrainConfig(learning_rate=1e-3, batch_size=batch_size, epochs=epochs, max_length=96,
+                                max_prompt_length=64, warmup_ratio=0.0),
+          loss_cfg=loss_cfg, progress=False)
+
+
+@pytest.mark.parametrize("loss", sorted(LOSS_SETTINGS))
+def test_one_step_of_every_loss_changes_every_parameter(tmp_path, tiny_model_dir, tiny_model, loss):
     model, tok = tiny_model
     _pairs_table(tmp_path, tok, model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    train(policy_path=str(tiny_model_dir), pairs_path=str(tmp_path / "pairs.parquet"),
-          ref_logps_paths=[str(tmp_path / "ref.parquet")], output_dir=str(tmp_path / "out"),
-          metrics_path=str(tmp_path / "metrics.csv"),
-          train_cfg=TrainConfig(learning_rate=1e-3, batch_size=2, max_length=96, max_prompt_length=64),
-          loss_cfg=LossConfig(name=loss, beta=0.1), progress=False)
+    settings = dict(LOSS_SETTINGS[loss])
+    _train(tmp_path, tiny_model_dir, LossConfig(name=loss, **settings), batch_size=6,
+           history=1 if loss == "inpo" else 2)
     from nashflow.models import load_model
 
     after = load_model(tmp_path / "out").state_dict()
     unchanged = [k for k in before if torch.equal(before[k], after[k])]
-    assert not unchanged, f"parameters not updated: {unchanged}"
+    assert not unchanged, f"parameters not updated by one {loss} step: {unchanged}"
     metrics = pd.read_csv(tmp_path / "metrics.csv")
-    assert len(metrics) == 3 and np.isfinite(metrics.loss).all()
-    assert {"rewards_margin", "rewards_accuracy", "lr", "tokens_per_s"} <= set(metrics.columns)
-    # At step 1 the policy equals the reference, so the DPO loss is log 2 (same code path as the log-prob stage).
-    if loss == "dpo":
-        assert metrics.loss[0] == pytest.approx(np.log(2), abs=1e-4)
+    assert len(metrics) == 1 and np.isfinite(metrics.loss).all()
+    assert {"rewards_margin", "rewards_accuracy", "lr", "tokens_per_s", "kl_chosen"} <= set(metrics.columns)
+
+
+def test_training_run_metrics_and_provenance(tmp_path, tiny_model_dir, tiny_model):
+    model, tok = tiny_model
+    _pairs_table(tmp_path, tok, model)
+    _train(tmp_path, tiny_model_dir, LossConfig(name="dpo", beta=0.1), batch_size=2, history=0)
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    assert len(metrics) == 3
+    # At step 1 the policy equals the reference, so the DPO loss is log 2: the trainer and the
+    # log-prob stage compute log-probs by the same code path.
+    assert metrics.loss[0] == pytest.approx(np.log(2), abs=1e-4)
     prov = read_provenance(tmp_path / "out")
-    assert prov["config"]["loss"]["name"] == loss and prov["steps"] == 3
+    assert prov["config"]["loss"]["name"] == "dpo" and prov["steps"] == 3
     assert not list((tmp_path / "out").glob("*.bin")) and (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_best_validation_checkpoint_is_kept(tmp_path, tiny_model_dir, tiny_model):
+    model, tok = tiny_model
+    _pairs_table(tmp_path, tok, model)
+    _train(tmp_path, tiny_model_dir, LossConfig(name="dpo", beta=0.1, select_best=True, val_fraction=0.34),
+           batch_size=1, history=0, epochs=3)
+    metrics = pd.read_csv(tmp_path / "metrics.csv")
+    prov = read_provenance(tmp_path / "out")
+    val = metrics.dropna(subset=["val_loss"])
+    assert len(val) == 3
+    if prov["best_step"]:
+        assert prov["best_val_loss"] == pytest.approx(val.val_loss.min(), rel=1e-6)
+        assert prov["best_step"] == int(val.step[val.val_loss.idxmin()])
 
 
 def test_tables_are_atomic_and_carry_provenance(tmp_path):

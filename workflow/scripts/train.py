@@ -2,7 +2,7 @@ from nashflow import stages
 from nashflow.logutil import job_logging
 
 with job_logging(snakemake.log[0]):
-    stages.train(snakemake.config, policy_dir=snakemake.input.policy, reference_dir=snakemake.input.reference,
-                 pairs_path=snakemake.input.pairs, ref_logps=list(snakemake.input.ref_logps),
-                 out_dir=snakemake.output.model, metrics_path=snakemake.output.metrics,
-                 n_gpus=int(snakemake.resources.gpu), threads=snakemake.threads, log_path=snakemake.log[0])
+    stages.train(snakemake.config, policy_dir=snakemake.input.policy, pairs_path=snakemake.input.pairs,
+                 logps=snakemake.params.logps, roles=snakemake.params.roles, out_dir=snakemake.output.model,
+                 metrics_path=snakemake.output.metrics, n_gpus=int(snakemake.resources.gpu),
+                 threads=snakemake.threads, log_path=snakemake.log[0])
