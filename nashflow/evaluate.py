@@ -29,7 +29,9 @@ def bootstrap_ci(values: np.ndarray, *, n: int = 1000, seed: int = 0, level: flo
 
 
 def _paired(cur: pd.DataFrame, other: pd.DataFrame, name: str) -> pd.DataFrame:
-    m = cur[["prompt_id", "reward"]].merge(other[["prompt_id", "reward"]], on="prompt_id", suffixes=("", "_other"))
+    """Join by prompt (and by weight vector: sample_index, for MOODPO's evaluation grid)."""
+    key = ["prompt_id", "sample_index"]
+    m = cur[key + ["reward"]].merge(other[key + ["reward"]], on=key, suffixes=("", "_other"))
     if len(m) != len(cur):
         raise DataError(f"evaluation tables of this iteration and of {name} cover different prompts")
     return m

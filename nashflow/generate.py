@@ -59,11 +59,14 @@ def _stop_ids(tokenizer, model) -> set[int]:
 
 @torch.inference_mode()
 def generate_samples(model, tokenizer, prompts: pd.DataFrame, cfg: SamplingConfig, *, seed: int,
-                     generator: str, progress: bool = True) -> pd.DataFrame:
+                     generator: str, progress: bool = True, mixture_ref=None, mixture_coef: float = 0.5,
+                     sample_offset: int = 0) -> pd.DataFrame:
     """Sample ``cfg.samples_per_prompt`` responses for every row of ``prompts``.
 
     ``prompts`` needs columns ``prompt_id`` and ``messages``. Returns the samples table
-    (see docs/data-contracts.md): one row per (prompt_id, sample_index).
+    (see docs/data-contracts.md): one row per (prompt_id, sample_index). With ``mixture_ref``
+    the samples come from Nash-MD's geometric mixture of ``model`` and ``mixture_ref``
+    (``sampler`` = ``mixture``); sample indices start at ``sample_offset``.
     """
     device = next(model.parameters()).device
     encoded = []
@@ -93,8 +96,15 @@ def generate_samples(model, tokenizer, prompts: pd.DataFrame, cfg: SamplingConfi
                           eos_token_id=sorted(stop))
         if do_sample:
             gen_kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
-        out = model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device), **gen_kwargs)
-        new = out[:, width:].cpu().tolist()
+        if mixture_ref is None:
+            out = model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device), **gen_kwargs)
+            new = out[:, width:].cpu().tolist()
+        else:
+            from nashflow.mixture import generate_mixture
+
+            new = generate_mixture(model, mixture_ref, input_ids.to(device), attn.to(device), alpha=mixture_coef,
+                                   max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                                   top_k=cfg.top_k, stop_ids=stop, pad_id=pad_id).cpu().tolist()
         for j, (n, i, k) in enumerate(batch):
             toks = new[j]
             finish = "length"
@@ -105,9 +115,10 @@ def generate_samples(model, tokenizer, prompts: pd.DataFrame, cfg: SamplingConfi
             text = tokenizer.decode(toks, skip_special_tokens=True).strip()
             pid, msgs, ids = encoded[i]
             out_rows.append({
-                "prompt_id": pid, "messages": msgs, "sample_index": k, "response": text,
+                "prompt_id": pid, "messages": msgs, "sample_index": k + sample_offset, "response": text,
                 "token_count": len(toks), "prompt_tokens": n, "finish_reason": finish,
                 "seed": batch_seed, "generator": generator,
+                "sampler": "policy" if mixture_ref is None else "mixture",
             })
         bar.update(len(batch))
     bar.close()

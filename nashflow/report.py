@@ -97,3 +97,28 @@ def plot_training(metric_csvs: list[str], path: str, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_objectives(responses: list[str], names: list[str], path: str, title: str) -> None:
+    """Per-objective held-out rewards per iteration. With a MOODPO evaluation grid every weight
+    vector is one point (the Pareto front of that iterate); otherwise one point per iterate."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    cols = [f"reward_{n}" for n in names]
+    for it, p in enumerate(responses):
+        d = pd.read_parquet(p)
+        if len(cols) >= 2:
+            g = d.groupby("sample_index")[cols[:2]].mean().sort_values(cols[0])
+            ax.plot(g[cols[0]], g[cols[1]], marker="o", label=f"iteration {it}" if it else "base")
+        else:
+            ax.scatter(d["token_count"].mean(), d[cols[0]].mean(), label=f"iteration {it}" if it else "base")
+    if len(cols) >= 2:
+        ax.set(xlabel=f"mean {names[0]} reward", ylabel=f"mean {names[1]} reward")
+    else:
+        ax.set(xlabel="mean response length (tokens)", ylabel=f"mean {names[0]} reward")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

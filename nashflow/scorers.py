@@ -114,14 +114,27 @@ class CompositeScorer:
             scorer = SCORERS[c.type](**c.args)
             self.parts.append((c.name or scorer.name, c.weight, scorer))
 
+    @property
+    def names(self) -> list[str]:
+        return [name for name, _, _ in self.parts]
+
     def score_table(self, samples: pd.DataFrame) -> pd.DataFrame:
-        """Scores for a samples table: prompt_id, sample_index, reward, reward_<component>."""
-        msgs = [list(m) for m in samples["messages"]]
+        """Scores for a samples table: prompt_id, sample_index, reward, reward_<component>.
+
+        With a ``weights`` column (MOODPO) the reward is Σ_k w_k·r_k with the row's weights, and
+        scorers see ``raw_messages`` (the prompt without the weight instruction).
+        """
+        col = "raw_messages" if "raw_messages" in samples.columns else "messages"
+        msgs = [list(m) for m in samples[col]]
         resp = list(samples["response"])
         out = pd.DataFrame({"prompt_id": samples["prompt_id"].to_numpy(),
                             "sample_index": samples["sample_index"].to_numpy()})
         total = np.zeros(len(samples))
-        for name, weight, scorer in self.parts:
+        row_w = np.array([list(w) for w in samples["weights"]], dtype=np.float64) \
+            if "weights" in samples.columns else None
+        if row_w is not None and row_w.shape[1] != len(self.parts):
+            raise DataError(f"samples carry {row_w.shape[1]} objective weights for {len(self.parts)} scorer components")
+        for k, (name, weight, scorer) in enumerate(self.parts):
             vals = np.asarray(scorer.score(msgs, resp), dtype=np.float64)
             bad = ~np.isfinite(vals)
             if bad.any():
@@ -131,7 +144,7 @@ class CompositeScorer:
                     f"sample_index={out.sample_index[i]}; rewards must be finite numbers"
                 )
             out[f"reward_{name}"] = vals
-            total += weight * vals
+            total += (row_w[:, k] if row_w is not None else weight) * vals
         if self.cfg.missing_eos_penalty:
             total -= self.cfg.missing_eos_penalty * (samples["finish_reason"].to_numpy() != "stop")
         out["reward"] = total

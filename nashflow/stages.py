@@ -46,20 +46,73 @@ def split(cfg: dict, eval_out: str, pool_out: str) -> None:
              len(pool), pcfg.prompts_per_iteration)
 
 
+def objective_names(cfg: dict) -> list[str]:
+    return [c.name or c.type for c in C.scorer_config(cfg).components]
+
+
+def condition_prompts(cfg: dict, prompts: pd.DataFrame, weights: list) -> pd.DataFrame:
+    """MOODPO: keep the plain prompt in ``raw_messages``, add the weight instruction to ``messages``."""
+    from nashflow.moodpo import condition
+
+    out = prompts.copy()
+    names, template = objective_names(cfg), cfg["conditioning"]["template"]
+    out["raw_messages"] = [list(m) for m in prompts["messages"]]
+    out["weights"] = [list(w) for w in weights]
+    out["messages"] = [condition(list(m), w, names, template) for m, w in zip(prompts["messages"], weights)]
+    return out
+
+
+def _with_prompt_columns(df: pd.DataFrame, prompts: pd.DataFrame) -> pd.DataFrame:
+    extra = [c for c in ("raw_messages", "weights") if c in prompts.columns]
+    if not extra or not len(df):
+        return df
+    return df.merge(prompts[["prompt_id"] + extra], on="prompt_id", how="left", validate="many_to_one")
+
+
 def generate(cfg: dict, *, iteration: int, shard: int, model_dir: str, pool_path: str, out: str,
-             threads: int | None = None) -> None:
-    """Sample K responses per prompt of (iteration, shard) from the generator checkpoint."""
+             reference_dir: str | None = None, threads: int | None = None) -> None:
+    """Sample K responses per prompt of (iteration, shard) from the generator checkpoint.
+
+    Nash-MD (``algorithm.sampler: mixture``): one policy sample and one sample of the geometric
+    mixture with the reference per prompt. MOODPO: prompts conditioned on sampled weights.
+    """
+    from dataclasses import replace
+
+    from nashflow.generate import generate_samples
+    from nashflow.moodpo import sample_weights
+
     set_threads(threads)
+    algo = cfg["algorithm"]
     prompts = iteration_prompts(read_table(pool_path), iteration, shard, cfg["shards"],
                                 cfg["prompts"]["prompts_per_iteration"])
+    if algo["conditioning"] == "moodpo" and len(prompts):
+        k, step = len(objective_names(cfg)), cfg["conditioning"]["grid_step"]
+        prompts = condition_prompts(cfg, prompts, [sample_weights(k, step, cfg["seed"], iteration, pid)
+                                                   for pid in prompts.prompt_id])
     scfg = C.sampling_config(cfg)
     seed = derive_seed(cfg["seed"], "generate", iteration, shard)
     device = default_device()
     model = load_model(model_dir, device=device)
     tok = load_tokenizer(model_dir)
-    df = generate_table(model, tok, prompts, scfg, seed=seed, generator=checkpoint_name(model_dir))
-    write_table(df, out, provenance(parents={"generator": model_dir, "prompts": pool_path},
-                                    config=cfg["generation"], seed=seed, iteration=iteration, shard=shard))
+    name = checkpoint_name(model_dir)
+    parents = {"generator": model_dir, "prompts": pool_path}
+    if algo["sampler"] == "mixture":
+        if not len(prompts):
+            df = generate_table(model, tok, prompts, scfg, seed=seed, generator=name)
+        else:
+            one = replace(scfg, samples_per_prompt=1)
+            ref = load_model(reference_dir, device=device)
+            pol = generate_samples(model, tok, prompts, one, seed=seed, generator=name)
+            mix = generate_samples(model, tok, prompts, one, seed=derive_seed(seed, "mixture"),
+                                   generator=f"mixture({name},{checkpoint_name(reference_dir)},{algo['mixture_coef']})",
+                                   mixture_ref=ref, mixture_coef=algo["mixture_coef"], sample_offset=1)
+            df = pd.concat([pol, mix]).sort_values(["prompt_id", "sample_index"]).reset_index(drop=True)
+        parents["mixture_reference"] = reference_dir
+    else:
+        df = generate_table(model, tok, prompts, scfg, seed=seed, generator=name)
+    df = _with_prompt_columns(df, prompts)
+    write_table(df, out, provenance(parents=parents, config={"generation": cfg["generation"], "algorithm": algo},
+                                    seed=seed, iteration=iteration, shard=shard))
 
 
 def generate_table(model, tok, prompts: pd.DataFrame, scfg, *, seed: int, generator: str) -> pd.DataFrame:
@@ -67,7 +120,7 @@ def generate_table(model, tok, prompts: pd.DataFrame, scfg, *, seed: int, genera
 
     if len(prompts) == 0:
         cols = ["prompt_id", "messages", "sample_index", "response", "token_count", "prompt_tokens",
-                "finish_reason", "seed", "generator"]
+                "finish_reason", "seed", "generator", "sampler"]
         return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
     return generate_samples(model, tok, prompts, scfg, seed=seed, generator=generator)
 
@@ -140,13 +193,26 @@ def train(cfg: dict, *, policy_dir: str, pairs_path: str, logps: dict, roles: di
 
 
 def eval_generate(cfg: dict, *, model_dir: str, eval_prompts: str, out: str, threads: int | None = None) -> None:
+    """One scored response per held-out prompt (MOODPO: per prompt and weight vector of the eval grid)."""
+    from nashflow.moodpo import simplex_grid
+
     set_threads(threads)
     prompts = read_table(eval_prompts)
     scfg = C.eval_sampling_config(cfg)
     model = load_model(model_dir, device=default_device())
     tok = load_tokenizer(model_dir)
     seed = derive_seed(cfg["evaluation"]["seed"], "evaluate")
-    df = generate_table(model, tok, prompts, scfg, seed=seed, generator=checkpoint_name(model_dir))
+    if cfg["algorithm"]["conditioning"] == "moodpo":
+        grid = simplex_grid(len(objective_names(cfg)), cfg["conditioning"]["eval_grid_step"])
+        parts = []
+        for g, w in enumerate(grid):
+            cond = condition_prompts(cfg, prompts, [w] * len(prompts))
+            part = generate_table(model, tok, cond, scfg, seed=seed, generator=checkpoint_name(model_dir))
+            part["sample_index"] = g
+            parts.append(_with_prompt_columns(part, cond))
+        df = pd.concat(parts, ignore_index=True)
+    else:
+        df = generate_table(model, tok, prompts, scfg, seed=seed, generator=checkpoint_name(model_dir))
     scored = CompositeScorer(C.scorer_config(cfg)).score_table(df)
     df = df.merge(scored, on=["prompt_id", "sample_index"], validate="one_to_one")
     write_table(df, out, provenance(parents={"model": model_dir, "prompts": eval_prompts},
@@ -163,12 +229,13 @@ def eval_metrics(*, iteration: int, current: str, base: str, previous: str, out:
     write_json(m, out)
 
 
-def report(cfg: dict, *, metrics: list[str], train_metrics: list[str], out_table: str, out_reward: str,
-           out_winrate: str, out_length: str, out_training: str) -> None:
+def report(cfg: dict, *, metrics: list[str], train_metrics: list[str], responses: list[str], out_table: str,
+           out_reward: str, out_winrate: str, out_length: str, out_training: str, out_objectives: str) -> None:
     from nashflow import report as R
 
     df = R.summary_table(metrics)
     title = f"run '{cfg['run']}': {cfg['algorithm']['name']}"
+    R.plot_objectives(responses, objective_names(cfg), out_objectives, title)
     R.plot_reward(df, out_reward, title)
     R.plot_win_rates(df, out_winrate, title)
     R.plot_length(df, out_length, title)

@@ -54,6 +54,15 @@ def get_generator(wildcards):
     return model_dir(wildcards.run, int(wildcards.iter) - 1)
 
 
+def get_generate_inputs(wildcards):
+    """The generator π_{t-1}, the prompt pool, and for Nash-MD's mixture sampler the reference."""
+    t = int(wildcards.iter)
+    inputs = {"model": get_generator(wildcards), "pool": f"results/{wildcards.run}/prompts/pool.parquet"}
+    if config["algorithm"]["sampler"] == "mixture":
+        inputs["reference"] = model_dir(wildcards.run, iteration_roles(t, config["algorithm"])["reference"])
+    return inputs
+
+
 def get_logps_model(wildcards):
     return BASE_MODEL if wildcards.ckpt == "base" else model_dir(wildcards.run, wildcards.ckpt[len("iter"):])
 
@@ -109,6 +118,10 @@ def get_eval_inputs(wildcards):
 
 def get_all_eval_metrics(wildcards):
     return expand("results/{run}/iter{iter}/eval/metrics.json", run=wildcards.run, iter=[0] + ITERATIONS)
+
+
+def get_all_eval_responses(wildcards):
+    return expand("results/{run}/iter{iter}/eval/responses.parquet", run=wildcards.run, iter=[0] + ITERATIONS)
 
 
 def get_all_train_metrics(wildcards):

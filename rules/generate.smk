@@ -1,8 +1,7 @@
 rule generate:
     """Sample K responses per prompt of one shard from the previous iterate (π_{t-1})."""
     input:
-        model=get_generator,
-        pool="results/{run}/prompts/pool.parquet",
+        unpack(get_generate_inputs),
     output:
         samples="results/{run}/iter{iter}/samples/shard{shard}.parquet",
     log:

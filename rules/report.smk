@@ -3,6 +3,7 @@ rule report:
     input:
         metrics=get_all_eval_metrics,
         train_metrics=get_all_train_metrics,
+        responses=get_all_eval_responses,
     output:
         table=report("results/{run}/report/summary.csv", caption="../workflow/report/summary.rst",
                      category="Summary"),
@@ -14,6 +15,8 @@ rule report:
                       category="Evaluation"),
         training=report("results/{run}/report/training.png", caption="../workflow/report/training.rst",
                         category="Training"),
+        objectives=report("results/{run}/report/objectives.png", caption="../workflow/report/objectives.rst",
+                          category="Evaluation"),
     log:
         "logs/{run}/report.log",
     benchmark:

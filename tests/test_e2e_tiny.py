@@ -48,7 +48,7 @@ def test_full_dag_outputs(full_run):
         assert 0 <= m["win_rate_vs_base"] <= 1 and m["n_prompts"] == 8
     summary = pd.read_csv(res / "report" / "summary.csv")
     assert summary.iteration.tolist() == [0, 1, 2]
-    for png in ("reward", "win_rate", "length", "training"):
+    for png in ("reward", "win_rate", "length", "training", "objectives"):
         assert (res / "report" / f"{png}.png").stat().st_size > 5000
     for rule_log in (full_run / "logs").rglob("*.log"):
         assert "Traceback" not in rule_log.read_text(), rule_log

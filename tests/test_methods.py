@@ -54,3 +54,23 @@ def test_inpo_and_comal_anchor():
 def test_bad_algorithm_settings(bad, match):
     with pytest.raises((ValueError, KeyError), match=match):
         resolve_algorithm(bad)
+
+
+def test_moodpo_grid_instruction_and_conditioning():
+    from math import comb
+
+    from nashflow.moodpo import condition, instruction, sample_weights, simplex_grid
+
+    assert len(simplex_grid(2, 0.2)) == 6 and len(simplex_grid(3, 0.2)) == comb(5 + 3 - 1, 3 - 1) == 21
+    assert all(abs(sum(w) - 1) < 1e-9 for w in simplex_grid(3, 0.2))
+    draws = {sample_weights(2, 0.2, 1, "p", i) for i in range(200)}
+    assert draws == set(simplex_grid(2, 0.2))  # uniform over the grid: every point appears
+    text = instruction((0.6, 0.4), ["quality", "faithful"], "summary")
+    assert "60% on producing" in text and "40% on staying faithful" in text
+    text = instruction((0.6, 0.2, 0.2), ["helpful", "safe", "funny"])
+    assert "60.0% helpful and 20.0% safe and 20.0% funny" in text
+    msgs = condition([{"role": "user", "content": "hi"}], (0.5, 0.5), ["a", "b"])
+    assert msgs[0]["role"] == "system" and msgs[1] == {"role": "user", "content": "hi"}
+    merged = condition([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}], (1.0, 0.0),
+                       ["a", "b"])
+    assert len(merged) == 2 and merged[0]["content"].endswith("Be brief.")

@@ -175,3 +175,41 @@ def test_tables_are_atomic_and_carry_provenance(tmp_path):
     assert read_provenance(tmp_path / "t.parquet")["parents"] == {"x": "y"}
     assert read_table(tmp_path / "t.parquet").a.tolist() == [1, 2]
     assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]
+
+
+def test_mixture_logprobs_worked_example():
+    from nashflow.mixture import mixture_logprobs
+
+    out = mixture_logprobs(torch.tensor([2.0, 1.0, 0.0]), torch.tensor([0.0, 0.5, 1.0]), 0.5).exp()
+    assert out.tolist() == pytest.approx([0.419229, 0.326496, 0.254275], rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def peaked_models(tmp_path_factory):
+    """Two tiny models with a large init range, so that greedy decoding does not collapse."""
+    from conftest import build_tiny_model
+    from nashflow.models import load_model, load_tokenizer
+
+    a = build_tiny_model(tmp_path_factory.mktemp("peaked_a") / "model", seed=1, init_range=1.0)
+    b = build_tiny_model(tmp_path_factory.mktemp("peaked_b") / "model", seed=2, init_range=1.0)
+    return load_model(a), load_model(b), load_tokenizer(a)
+
+
+def test_mixture_sampler_with_kv_caches_matches_each_end(peaked_models):
+    """Greedy mixture decoding with α = 0 is the policy's greedy output, with α = 1 the reference's
+    (left padding, positions and both KV caches are handled like HF generate)."""
+    model, ref, tok = peaked_models
+    cfg = SamplingConfig(samples_per_prompt=1, max_new_tokens=8, temperature=0, batch_size=3)
+    policy_greedy = generate_samples(model, tok, PROMPTS, cfg, seed=0, generator="p", progress=False)
+    ref_greedy = generate_samples(ref, tok, PROMPTS, cfg, seed=0, generator="r", progress=False)
+    for alpha, want in ((0.0, policy_greedy), (1.0, ref_greedy)):
+        got = generate_samples(model, tok, PROMPTS, cfg, seed=0, generator="m", progress=False, mixture_ref=ref,
+                               mixture_coef=alpha, sample_offset=1)
+        assert got.response.tolist() == want.response.tolist()
+        assert set(got.sampler) == {"mixture"} and set(got.sample_index) == {1}
+    assert policy_greedy.response.tolist() != ref_greedy.response.tolist()
+    assert all(len(r) > 0 for r in policy_greedy.response)
+    sampled = generate_samples(model, tok, PROMPTS, SamplingConfig(samples_per_prompt=1, max_new_tokens=8,
+                                                                   temperature=0.9, top_k=20, top_p=0.9),
+                               seed=3, generator="m", progress=False, mixture_ref=ref, mixture_coef=0.5)
+    assert len(sampled) == 3 and (sampled.token_count <= 8).all()

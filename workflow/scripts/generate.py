@@ -4,4 +4,5 @@ from nashflow.logutil import job_logging
 with job_logging(snakemake.log[0]):
     stages.generate(snakemake.config, iteration=int(snakemake.wildcards.iter), shard=int(snakemake.wildcards.shard),
                     model_dir=snakemake.input.model, pool_path=snakemake.input.pool,
-                    out=snakemake.output.samples, threads=snakemake.threads)
+                    reference_dir=snakemake.input.get("reference"), out=snakemake.output.samples,
+                    threads=snakemake.threads)
