@@ -118,9 +118,9 @@ def sppo(group: pd.DataFrame) -> Pick | None:
     bw = _best_worst(scores, _distinct_positions(group))
     if bw is None:
         return None
-    w, l = bw
-    return Pick(w, l, chosen_target=float(P[w].mean()), rejected_target=float(P[l].mean()),
-                pref_prob=float(P[w, l]))
+    w, lo = bw
+    return Pick(w, lo, chosen_target=float(P[w].mean()), rejected_target=float(P[lo].mean()),
+                pref_prob=float(P[w, lo]))
 
 
 def gpo(group: pd.DataFrame) -> Pick | None:
@@ -130,9 +130,9 @@ def gpo(group: pd.DataFrame) -> Pick | None:
     bw = _best_worst(s, _distinct_positions(group))
     if bw is None:
         return None
-    w, l = bw
-    return Pick(w, l, chosen_target=float(s[w]), rejected_target=float(s[l]),
-                pref_prob=float(sigmoid(W[w, l])))
+    w, lo = bw
+    return Pick(w, lo, chosen_target=float(s[w]), rejected_target=float(s[lo]),
+                pref_prob=float(sigmoid(W[w, lo])))
 
 
 def better_of_two(group: pd.DataFrame) -> Pick | None:

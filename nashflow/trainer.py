@@ -7,7 +7,6 @@ trainer reads them and never recomputes them. Policy log-probs use the same enco
 
 from __future__ import annotations
 
-import copy
 import csv
 import hashlib
 import logging

@@ -1,14 +1,12 @@
 """Config validation: defaults, unknown keys, wrong types, ranges."""
 
-from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO
 
 from nashflow.config import validate_config
 from nashflow.errors import ConfigError
-
-from conftest import REPO
 
 SCHEMA = REPO / "config" / "schema.yaml"
 

@@ -1,10 +1,8 @@
 """Dry-run tests of the DAG and of the start-up checks (no job runs)."""
 
 import re
-from pathlib import Path
 
 import pytest
-
 from conftest import snakemake, tiny_config, write_config
 
 JOB_LINE = re.compile(r"^(\w+)\s+(\d+)$")
@@ -80,7 +78,7 @@ def _fails_cleanly(tmp_path, cfg, match):
     write_config(tmp_path, cfg)
     proc = snakemake(tmp_path, "-n", check=False)
     assert proc.returncode != 0
-    lines = [l for l in proc.stderr.splitlines() if l.startswith("nashflow: error:")]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("nashflow: error:")]
     assert len(lines) == 1, proc.stderr[-2000:]
     assert re.search(match, lines[0]), lines[0]
     assert not (tmp_path / "results").exists() and not (tmp_path / "logs").exists()

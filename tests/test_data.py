@@ -4,11 +4,10 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import PROMPTS
 
 from nashflow.data import PromptsConfig, iteration_prompts, load_prompts, split_prompts
 from nashflow.errors import DataError
-
-from conftest import PROMPTS
 
 
 def test_shipped_prompts_are_many_and_unique():

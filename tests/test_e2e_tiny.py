@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import REPO, snakemake, tiny_config, write_config
 from test_dag import job_counts
 

@@ -6,7 +6,6 @@ import json
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO, snakemake, write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.embedded]

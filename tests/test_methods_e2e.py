@@ -6,7 +6,6 @@ import json
 
 import pandas as pd
 import pytest
-
 from conftest import snakemake, tiny_config, write_config
 
 pytestmark = pytest.mark.slow

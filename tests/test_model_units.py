@@ -1,6 +1,5 @@
 """Generation, log-probs and training on the tiny random model."""
 
-import json
 
 import numpy as np
 import pandas as pd
@@ -9,7 +8,7 @@ import torch
 
 from nashflow.generate import SamplingConfig, encode_prompt, generate_samples
 from nashflow.io import read_provenance, read_table, write_table
-from nashflow.logps import collate, encode_pair_side, length_batches, sequence_logps, token_logps
+from nashflow.logps import encode_pair_side, length_batches, sequence_logps
 from nashflow.trainer import LossConfig, TrainConfig, train
 
 PROMPTS = pd.DataFrame({
@@ -188,6 +187,7 @@ def test_mixture_logprobs_worked_example():
 def peaked_models(tmp_path_factory):
     """Two tiny models with a large init range, so that greedy decoding does not collapse."""
     from conftest import build_tiny_model
+
     from nashflow.models import load_model, load_tokenizer
 
     a = build_tiny_model(tmp_path_factory.mktemp("peaked_a") / "model", seed=1, init_range=1.0)
