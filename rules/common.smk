@@ -33,6 +33,28 @@ SHARDS = list(range(config["shards"]))
 BASE_MODEL = "results/base_model"
 
 
+def _pick(section, *keys):
+    return {k: config[section][k] for k in keys}
+
+
+# The config each rule's output depends on, passed as params: a change re-runs exactly the
+# affected jobs and their dependents (Snakemake's params rerun trigger); other edits re-run nothing.
+SETTINGS = {
+    "prepare_model": {"base_model": config["base_model"]},
+    "split_prompts": {"prompts": config["prompts"], "seed": config["seed"]},
+    "generate": {"generation": config["generation"], "seed": config["seed"], "shards": config["shards"],
+                 "algorithm": _pick("algorithm", "sampler", "mixture_coef", "conditioning"),
+                 "conditioning": config["conditioning"]},
+    "score": {"scorer": config["scorer"]},
+    "build_pairs": {"pairs": config["algorithm"]["pairs"]},
+    "logps": {"training": _pick("training", "max_length", "max_prompt_length"), "logps": config["logps"],
+              "shards": config["shards"], "loss": config["algorithm"]["loss"]},
+    "train": {"training": config["training"], "algorithm": config["algorithm"], "seed": config["seed"]},
+    "eval_generate": {"evaluation": config["evaluation"], "scorer": config["scorer"],
+                      "conditioning": config["conditioning"] if config["algorithm"]["conditioning"] else None},
+}
+
+
 wildcard_constraints:
     run=RUN,
     iter=r"\d+",

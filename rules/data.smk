@@ -2,6 +2,8 @@ rule prepare_model:
     """Convert the configured base model (GGUF or folder) into a safetensors folder, once."""
     output:
         model=directory("results/base_model"),
+    params:
+        settings=SETTINGS["prepare_model"],
     log:
         "logs/base_model/prepare_model.log",
     benchmark:
@@ -22,6 +24,8 @@ rule split_prompts:
     output:
         eval="results/{run}/prompts/eval.parquet",
         pool="results/{run}/prompts/pool.parquet",
+    params:
+        settings=SETTINGS["split_prompts"],
     log:
         "logs/{run}/prompts/split_prompts.log",
     benchmark:

@@ -5,6 +5,8 @@ rule eval_generate:
         prompts="results/{run}/prompts/eval.parquet",
     output:
         responses="results/{run}/iter{iter}/eval/responses.parquet",
+    params:
+        settings=SETTINGS["eval_generate"],
     log:
         "logs/{run}/iter{iter}/eval/generate.log",
     benchmark:

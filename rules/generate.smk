@@ -4,6 +4,8 @@ rule generate:
         unpack(get_generate_inputs),
     output:
         samples="results/{run}/iter{iter}/samples/shard{shard}.parquet",
+    params:
+        settings=SETTINGS["generate"],
     log:
         "logs/{run}/iter{iter}/generate/shard{shard}.log",
     benchmark:

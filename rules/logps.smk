@@ -6,6 +6,8 @@ rule logps:
         model=get_logps_model,
     output:
         logps="results/{run}/iter{iter}/logps/{ckpt}/shard{shard}.parquet",
+    params:
+        settings=SETTINGS["logps"],
     log:
         "logs/{run}/iter{iter}/logps/{ckpt}_shard{shard}.log",
     benchmark:

@@ -5,6 +5,8 @@ rule build_pairs:
         scores=get_scores,
     output:
         pairs="results/{run}/iter{iter}/pairs.parquet",
+    params:
+        settings=SETTINGS["build_pairs"],
     log:
         "logs/{run}/iter{iter}/build_pairs.log",
     benchmark:

@@ -4,6 +4,8 @@ rule score:
         samples="results/{run}/iter{iter}/samples/shard{shard}.parquet",
     output:
         scores="results/{run}/iter{iter}/scores/shard{shard}.parquet",
+    params:
+        settings=SETTINGS["score"],
     log:
         "logs/{run}/iter{iter}/score/shard{shard}.log",
     benchmark:

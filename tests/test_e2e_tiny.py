@@ -54,9 +54,16 @@ def test_full_dag_outputs(full_run):
     assert list((full_run / "logs").rglob("*.benchmark.tsv"))
 
 
-def test_rerun_does_nothing_and_deleting_a_model_redoes_only_dependents(full_run):
+def test_rerun_does_nothing_and_deleting_a_model_redoes_only_dependents(full_run, tiny_model_dir):
     out = snakemake(full_run, "-n").stdout
     assert "Nothing to be done" in out
+    # A changed setting re-runs exactly the jobs that depend on it (params rerun trigger).
+    changed = write_config(full_run / "changed", tiny_config(tiny_model_dir, evaluation={"temperature": 0.3}))
+    counts = job_counts(snakemake(full_run, "-n", config=changed).stdout)
+    assert counts == {"eval_generate": 3, "eval_metrics": 3, "report": 1, "all": 1, "total": 8}
+    changed = write_config(full_run / "changed", tiny_config(tiny_model_dir, algorithm={"name": "dpo", "beta": 0.2}))
+    counts = job_counts(snakemake(full_run, "-n", config=changed).stdout)
+    assert counts["train"] == 2 and counts["generate"] == 2 and "split_prompts" not in counts
     import shutil
 
     shutil.rmtree(full_run / "results" / "tiny" / "iter2" / "model")
