@@ -115,6 +115,18 @@ def generate(cfg: dict, *, iteration: int, shard: int, model_dir: str, pool_path
                                     seed=seed, iteration=iteration, shard=shard))
 
 
+def import_initial(cfg: dict, *, shard: int, samples_out: str, scores_out: str) -> None:
+    """Iteration 1's samples and scores of one shard from ``initial_data`` (no sampling)."""
+    from nashflow.offline import initial_shard, load_initial
+
+    init = cfg["initial_data"]
+    samples, scores = load_initial(init["path"], init["prompt_column"], cfg["prompts"]["system_prompt"])
+    s, sc = initial_shard(samples, scores, shard, cfg["shards"])
+    prov = provenance(parents={"initial_data": init["path"]}, config=init)
+    write_table(s, samples_out, prov)
+    write_table(sc, scores_out, prov)
+
+
 def generate_table(model, tok, prompts: pd.DataFrame, scfg, *, seed: int, generator: str) -> pd.DataFrame:
     from nashflow.generate import generate_samples
 

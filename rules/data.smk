@@ -37,3 +37,30 @@ rule split_prompts:
         runtime=10,
     script:
         "../workflow/scripts/split_prompts.py"
+
+
+if config["initial_data"]["path"]:
+
+    ruleorder: import_initial > generate
+    ruleorder: import_initial > score
+
+    rule import_initial:
+        """Iteration 1 from an existing preference dataset: its samples and scores, per shard."""
+        input:
+            data=config["initial_data"]["path"],
+        output:
+            samples="results/{run}/iter1/samples/shard{shard}.parquet",
+            scores="results/{run}/iter1/scores/shard{shard}.parquet",
+        params:
+            settings={"initial_data": config["initial_data"], "shards": config["shards"]},
+        log:
+            "logs/{run}/iter1/import_initial/shard{shard}.log",
+        benchmark:
+            "logs/{run}/iter1/import_initial/shard{shard}.benchmark.tsv"
+        threads: 1
+        resources:
+            gpu=0,
+            mem_mb=4000,
+            runtime=20,
+        script:
+            "../workflow/scripts/import_initial.py"

@@ -134,3 +134,19 @@ def test_comal_logps_jobs_follow_the_anchor(tmp_path, fake_model):
     # iteration 1: μ = π_0, π_t = π_0; iteration 2: μ = π_0, π_t = π_1; iteration 3: μ = π_2 = π_t
     assert logps == ["results/tiny/iter1/logps/base/shard0.parquet", "results/tiny/iter2/logps/base/shard0.parquet",
                      "results/tiny/iter2/logps/iter1/shard0.parquet", "results/tiny/iter3/logps/iter2/shard0.parquet"]
+
+
+def test_iteration_one_from_an_existing_preference_dataset(tmp_path, fake_model):
+    import json
+
+    data = tmp_path / "prefs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"question {i}", "chosen": "good", "rejected": "bad"}) + "\n"
+                            for i in range(6)))
+    cfg = tiny_config(fake_model, iterations=2, shards=2, algorithm={"name": "mnpo"},
+                      initial_data={"path": str(data)})
+    write_config(tmp_path, cfg)
+    jobs = dry_run_jobs(snakemake(tmp_path, "-n", "--forceall").stdout)
+    gens = [j for j in jobs if j["rule"] == "generate"]
+    assert all("iter=2" in j["wildcards"] for j in gens) and len(gens) == 2
+    imports = [j for j in jobs if j["rule"] == "import_initial"]
+    assert len(imports) == 2 and not [j for j in jobs if j["rule"] == "score" and "iter=1" in j["wildcards"]]

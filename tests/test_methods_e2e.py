@@ -39,6 +39,12 @@ def workdir(tmp_path_factory):
 @pytest.mark.parametrize("method", sorted(CASES))
 def test_method_runs_end_to_end(workdir, tiny_model_dir, method, monkeypatch):
     algo, iterations, extra = CASES[method]
+    if method == "mnpo":  # MNPO's first iteration trains on an existing (offline) preference dataset
+        data = workdir / "offline.jsonl"
+        data.write_text("".join(json.dumps({"prompt": f"Tell me about topic {i}.", "responses": ["short", "a longer answer",
+                                                                                              "the longest answer of all"],
+                                            "scores": [0.1, 0.5, 0.9]}) + "\n" for i in range(8)))
+        extra = {**extra, "initial_data": {"path": str(data)}}
     cfg = tiny_config(tiny_model_dir, run=method, iterations=iterations, shards=1, algorithm=algo, **extra)
     config = write_config(workdir / "configs" / method, cfg)
     monkeypatch.setenv("PYTHONPATH", str(__import__("pathlib").Path(__file__).parent))
@@ -54,6 +60,8 @@ def test_method_runs_end_to_end(workdir, tiny_model_dir, method, monkeypatch):
     if method == "mnpo":
         assert prov["parents"]["history"] == [f"{method}/iter1"] and prov["parents"]["reference"] == "base_model"
         assert (last / "logps" / "iter1" / "shard0.parquet").exists()
+        first = pd.read_parquet(res / "iter1" / "pairs.parquet")
+        assert set(first.chosen) == {"the longest answer of all"} and first.generator.str.startswith("offline").all()
     if method == "comal":
         # anchor moved to π_1 after iteration 1; π_t = π_1 is also the history player
         assert prov["parents"]["reference"] == "comal/iter1" and prov["parents"]["history"] == ["comal/iter1"]
