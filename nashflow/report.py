@@ -17,6 +17,16 @@ def _plt():
     return plt
 
 
+def _save(fig, path: str, *axes) -> None:
+    """Grid on every axis, tight layout, write the PNG, free the figure."""
+    plt = _plt()
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def summary_table(metric_files: list[str]) -> pd.DataFrame:
     rows = [json.loads(Path(p).read_text()) for p in metric_files]
     df = pd.DataFrame(rows).sort_values("iteration").reset_index(drop=True)
@@ -35,10 +45,7 @@ def plot_reward(df: pd.DataFrame, path: str, title: str) -> None:
                 marker="o", capsize=4)
     ax.set(xlabel="iteration (0 = base model)", ylabel="mean held-out reward", title=title)
     ax.set_xticks(df.iteration)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, ax)
 
 
 def plot_win_rates(df: pd.DataFrame, path: str, title: str) -> None:
@@ -53,10 +60,7 @@ def plot_win_rates(df: pd.DataFrame, path: str, title: str) -> None:
     ax.set(xlabel="iteration", ylabel="held-out win rate", ylim=(0, 1), title=title)
     ax.set_xticks(df.iteration[df.iteration > 0])
     ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, ax)
 
 
 def plot_length(df: pd.DataFrame, path: str, title: str) -> None:
@@ -69,11 +73,8 @@ def plot_length(df: pd.DataFrame, path: str, title: str) -> None:
     ax2.plot(df.iteration, df.finished_fraction, marker="s", color="tab:green", label="finished (EOS)")
     ax2.set_ylabel("fraction finished with EOS")
     ax2.set_ylim(0, 1.05)
-    ax.grid(alpha=0.3)
     fig.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, ax)
 
 
 def plot_training(metric_csvs: list[str], path: str, title: str) -> None:
@@ -91,12 +92,9 @@ def plot_training(metric_csvs: list[str], path: str, title: str) -> None:
         offset = int(x.max())
     for ax, name in zip(axes, ("loss", "reward margin (β·Δ log-ratio)", "reward accuracy")):
         ax.set(xlabel="optimizer step (all iterations)", title=name)
-        ax.grid(alpha=0.3)
     axes[0].legend()
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, *axes)
 
 
 def plot_objectives(responses: list[str], names: list[str], path: str, title: str) -> None:
@@ -117,8 +115,5 @@ def plot_objectives(responses: list[str], names: list[str], path: str, title: st
     else:
         ax.set(xlabel="mean response length (tokens)", ylabel=f"mean {names[0]} reward")
     ax.set_title(title)
-    ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, ax)
