@@ -78,7 +78,6 @@ def generate(cfg: dict, *, iteration: int, shard: int, model_dir: str, pool_path
     """
     from dataclasses import replace
 
-    from nashflow.generate import generate_samples
     from nashflow.moodpo import sample_weights
 
     set_threads(threads)
@@ -96,20 +95,18 @@ def generate(cfg: dict, *, iteration: int, shard: int, model_dir: str, pool_path
     tok = load_tokenizer(model_dir)
     name = checkpoint_name(model_dir)
     parents = {"generator": model_dir, "prompts": pool_path}
-    if algo["sampler"] == "mixture":
-        if not len(prompts):
-            df = generate_table(model, tok, prompts, scfg, seed=seed, generator=name)
-        else:
-            one = replace(scfg, samples_per_prompt=1)
-            ref = load_model(reference_dir, device=device)
-            pol = generate_samples(model, tok, prompts, one, seed=seed, generator=name)
-            mix = generate_samples(model, tok, prompts, one, seed=derive_seed(seed, "mixture"),
-                                   generator=f"mixture({name},{checkpoint_name(reference_dir)},{algo['mixture_coef']})",
-                                   mixture_ref=ref, mixture_coef=algo["mixture_coef"], sample_offset=1)
-            df = pd.concat([pol, mix]).sort_values(["prompt_id", "sample_index"]).reset_index(drop=True)
+    mixture = algo["sampler"] == "mixture"
+    df = generate_table(model, tok, prompts, replace(scfg, samples_per_prompt=1) if mixture else scfg, seed=seed,
+                        generator=name)
+    if mixture:
         parents["mixture_reference"] = reference_dir
-    else:
-        df = generate_table(model, tok, prompts, scfg, seed=seed, generator=name)
+        if len(prompts):
+            mix = generate_table(model, tok, prompts, replace(scfg, samples_per_prompt=1),
+                                 seed=derive_seed(seed, "mixture"),
+                                 generator=f"mixture({name},{checkpoint_name(reference_dir)},{algo['mixture_coef']})",
+                                 mixture_ref=load_model(reference_dir, device=device),
+                                 mixture_coef=algo["mixture_coef"], sample_offset=1)
+            df = pd.concat([df, mix]).sort_values(["prompt_id", "sample_index"]).reset_index(drop=True)
     df = _with_prompt_columns(df, prompts)
     write_table(df, out, provenance(parents=parents, config={"generation": cfg["generation"], "algorithm": algo},
                                     seed=seed, iteration=iteration, shard=shard))
@@ -127,14 +124,15 @@ def import_initial(cfg: dict, *, shard: int, samples_out: str, scores_out: str) 
     write_table(sc, scores_out, prov)
 
 
-def generate_table(model, tok, prompts: pd.DataFrame, scfg, *, seed: int, generator: str) -> pd.DataFrame:
+def generate_table(model, tok, prompts: pd.DataFrame, scfg, *, seed: int, generator: str, **kwargs) -> pd.DataFrame:
+    """``generate_samples`` (keyword arguments passed on), or an empty samples table for no prompts."""
     from nashflow.generate import generate_samples
 
     if len(prompts) == 0:
         cols = ["prompt_id", "messages", "sample_index", "response", "token_count", "prompt_tokens",
                 "finish_reason", "seed", "generator", "sampler"]
         return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
-    return generate_samples(model, tok, prompts, scfg, seed=seed, generator=generator)
+    return generate_samples(model, tok, prompts, scfg, seed=seed, generator=generator, progress=True, **kwargs)
 
 
 def score(cfg: dict, *, samples_path: str, out: str) -> None:
