@@ -1,12 +1,14 @@
 """Held-out evaluation: mean reward, win rates against the base and the previous iterate, length.
 
-Responses of different checkpoints are compared per prompt (joined by ``prompt_id``): a win
-counts 1, a tie ½. Intervals are percentile bootstraps over prompts.
+Responses of different checkpoints are compared per prompt (joined by ``prompt_id``). With a
+reward scorer a higher reward wins (1), a tie counts ½. With a preference scorer (judge, GPM,
+PairRM) the outcome is the scorer's P(current ≻ other), both positions judged, and there is no
+mean reward. Intervals are percentile bootstraps over prompts.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -28,30 +30,46 @@ def bootstrap_ci(values: np.ndarray, *, n: int = 1000, seed: int = 0, level: flo
     return float(lo), float(hi)
 
 
+Compare = Callable[[list, list, list], np.ndarray]  # (messages, responses a, responses b) -> P(a ≻ b)
+
+
 def _paired(cur: pd.DataFrame, other: pd.DataFrame, name: str) -> pd.DataFrame:
     """Join by prompt (and by weight vector: sample_index, for MOODPO's evaluation grid)."""
     key = ["prompt_id", "sample_index"]
-    m = cur[key + ["reward"]].merge(other[key + ["reward"]], on=key, suffixes=("", "_other"))
+    cols = key + ["reward"] + (["response"] if "response" in cur.columns and "response" in other.columns else [])
+    prompt_cols = [c for c in ("messages", "raw_messages") if c in cur.columns]
+    m = cur[cols + prompt_cols].merge(other[cols], on=key, suffixes=("", "_other"))
     if len(m) != len(cur):
         raise DataError(f"evaluation tables of this iteration and of {name} cover different prompts")
     return m
 
 
+def _mean(x: pd.Series) -> float | None:
+    return float(x.mean()) if x.notna().any() else None
+
+
+def outcomes(m: pd.DataFrame, compare: Compare | None) -> np.ndarray:
+    """Per-prompt outcome of current vs other: reward comparison, or the preference scorer's P."""
+    if compare is None:
+        return win_rate(m["reward"].to_numpy(), m["reward_other"].to_numpy())
+    msgs = [list(x) for x in (m["raw_messages"] if "raw_messages" in m.columns else m["messages"])]
+    return np.asarray(compare(msgs, list(m["response"]), list(m["response_other"])), dtype=np.float64)
+
+
 def iteration_metrics(iteration: int, current: pd.DataFrame, base: pd.DataFrame,
-                      previous: pd.DataFrame) -> dict[str, Any]:
+                      previous: pd.DataFrame, compare: Compare | None = None) -> dict[str, Any]:
     """Metrics of one iteration's held-out responses (tables: prompt_id, reward, token_count, finish_reason)."""
     out: dict[str, Any] = {
         "iteration": iteration,
         "n_prompts": int(len(current)),
-        "mean_reward": float(current["reward"].mean()),
-        "mean_reward_ci": bootstrap_ci(current["reward"].to_numpy()),
+        "mean_reward": _mean(current["reward"]),
+        "mean_reward_ci": bootstrap_ci(current["reward"].to_numpy()) if compare is None else (None, None),
         "mean_length": float(current["token_count"].mean()),
         "finished_fraction": float((current["finish_reason"] == "stop").mean()),
-        "base_mean_reward": float(base["reward"].mean()),
+        "base_mean_reward": _mean(base["reward"]),
     }
     for name, other in (("base", base), ("previous", previous)):
-        m = _paired(current, other, name)
-        w = win_rate(m["reward"].to_numpy(), m["reward_other"].to_numpy())
+        w = outcomes(_paired(current, other, name), compare)
         out[f"win_rate_vs_{name}"] = float(w.mean())
         out[f"win_rate_vs_{name}_ci"] = bootstrap_ci(w, seed=iteration)
     return out
@@ -60,10 +78,11 @@ def iteration_metrics(iteration: int, current: pd.DataFrame, base: pd.DataFrame,
 def base_metrics(base: pd.DataFrame) -> dict[str, Any]:
     """Metrics row for iteration 0 (the base model), so plots start from it."""
     return {
-        "iteration": 0, "n_prompts": int(len(base)), "mean_reward": float(base["reward"].mean()),
-        "mean_reward_ci": bootstrap_ci(base["reward"].to_numpy()), "mean_length": float(base["token_count"].mean()),
+        "iteration": 0, "n_prompts": int(len(base)), "mean_reward": _mean(base["reward"]),
+        "mean_reward_ci": bootstrap_ci(base["reward"].to_numpy()) if base["reward"].notna().any() else (None, None),
+        "mean_length": float(base["token_count"].mean()),
         "finished_fraction": float((base["finish_reason"] == "stop").mean()),
-        "base_mean_reward": float(base["reward"].mean()),
+        "base_mean_reward": _mean(base["reward"]),
         "win_rate_vs_base": 0.5, "win_rate_vs_base_ci": (0.5, 0.5),
         "win_rate_vs_previous": 0.5, "win_rate_vs_previous_ci": (0.5, 0.5),
     }

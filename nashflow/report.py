@@ -31,15 +31,24 @@ def summary_table(metric_files: list[str]) -> pd.DataFrame:
     rows = [json.loads(Path(p).read_text()) for p in metric_files]
     df = pd.DataFrame(rows).sort_values("iteration").reset_index(drop=True)
     for col in [c for c in df.columns if c.endswith("_ci")]:
-        df[col + "_low"] = [v[0] for v in df[col]]
-        df[col + "_high"] = [v[1] for v in df[col]]
+        df[col + "_low"] = pd.to_numeric(pd.Series([v[0] for v in df[col]]), errors="coerce").astype(float)
+        df[col + "_high"] = pd.to_numeric(pd.Series([v[1] for v in df[col]]), errors="coerce").astype(float)
         df = df.drop(columns=col)
+    for col in ("mean_reward", "base_mean_reward"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     return df
+
+
+def _no_data(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", wrap=True, transform=ax.transAxes)
 
 
 def plot_reward(df: pd.DataFrame, path: str, title: str) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
+    if df.mean_reward.isna().all():
+        _no_data(ax, "A preference scorer (judge, GPM, PairRM) gives no per-response reward:\n"
+                     "see the win rates, judged with both response orders.")
     ax.errorbar(df.iteration, df.mean_reward, yerr=[df.mean_reward - df.mean_reward_ci_low,
                                                    df.mean_reward_ci_high - df.mean_reward],
                 marker="o", capsize=4)
@@ -105,6 +114,9 @@ def plot_objectives(responses: list[str], names: list[str], path: str, title: st
     cols = [f"reward_{n}" for n in names]
     for it, p in enumerate(responses):
         d = pd.read_parquet(p)
+        if not set(cols) <= set(d.columns):
+            _no_data(ax, "no per-objective rewards (a preference scorer)")
+            break
         if len(cols) >= 2:
             g = d.groupby("sample_index")[cols[:2]].mean().sort_values(cols[0])
             ax.plot(g[cols[0]], g[cols[1]], marker="o", label=f"iteration {it}" if it else "base")
@@ -115,5 +127,6 @@ def plot_objectives(responses: list[str], names: list[str], path: str, title: st
     else:
         ax.set(xlabel="mean response length (tokens)", ylabel=f"mean {names[0]} reward")
     ax.set_title(title)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
     _save(fig, path, ax)

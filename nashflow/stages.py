@@ -47,7 +47,7 @@ def split(cfg: dict, eval_out: str, pool_out: str) -> None:
 
 
 def objective_names(cfg: dict) -> list[str]:
-    return [c.name or c.type for c in C.scorer_config(cfg).components]
+    return C.scorer_config(cfg).objective_names()
 
 
 def condition_prompts(cfg: dict, prompts: pd.DataFrame, weights: list) -> pd.DataFrame:
@@ -135,13 +135,23 @@ def generate_table(model, tok, prompts: pd.DataFrame, scfg, *, seed: int, genera
     return generate_samples(model, tok, prompts, scfg, seed=seed, generator=generator, progress=True, **kwargs)
 
 
-def score(cfg: dict, *, samples_path: str, out: str) -> None:
+def score(cfg: dict, *, samples_path: str, out: str, base_model_dir: str | None = None,
+          threads: int | None = None) -> None:
+    """Rewards (or a preference matrix per prompt) for every sample of one shard.
+
+    The scorer loads first, so a scorer that cannot work (missing model, no chat template,
+    unusable labels) fails at start-up, before any sample is scored.
+    """
+    set_threads(threads)
     samples = read_table(samples_path)
-    scorer = CompositeScorer(C.scorer_config(cfg))
+    scorer = CompositeScorer(C.scorer_config(cfg), base_model_dir=base_model_dir)
     scores = scorer.score_table(samples) if len(samples) else pd.DataFrame(
         {"prompt_id": pd.Series(dtype=str), "sample_index": pd.Series(dtype="int64"),
          "reward": pd.Series(dtype="float64")})
-    write_table(scores, out, provenance(parents={"samples": samples_path}, config=cfg["scorer"]))
+    log.info("scored %d samples of %d prompts (%s scorer)", len(samples), samples.prompt_id.nunique() if len(samples)
+             else 0, scorer.kind)
+    parents = {"samples": samples_path, **({"scorer_base_model": base_model_dir} if base_model_dir else {})}
+    write_table(scores, out, provenance(parents=parents, config=cfg["scorer"]))
 
 
 def pairs(cfg: dict, *, samples_paths: list[str], scores_paths: list[str], out: str) -> None:
@@ -202,8 +212,13 @@ def train(cfg: dict, *, policy_dir: str, pairs_path: str, logps: dict, roles: di
     launch_training(spec, n_gpus=n_gpus, log_path=log_path, mixed_precision=cfg["training"]["mixed_precision"])
 
 
-def eval_generate(cfg: dict, *, model_dir: str, eval_prompts: str, out: str, threads: int | None = None) -> None:
-    """One scored response per held-out prompt (MOODPO: per prompt and weight vector of the eval grid)."""
+def eval_generate(cfg: dict, *, model_dir: str, eval_prompts: str, out: str, threads: int | None = None,
+                  base_model_dir: str | None = None) -> None:
+    """One scored response per held-out prompt (MOODPO: per prompt and weight vector of the eval grid).
+
+    With a preference scorer the responses get no reward (``reward`` is NaN); ``eval_metrics``
+    judges them against the base model's and the previous iterate's.
+    """
     from nashflow.moodpo import simplex_grid
 
     set_threads(threads)
@@ -223,18 +238,29 @@ def eval_generate(cfg: dict, *, model_dir: str, eval_prompts: str, out: str, thr
         df = pd.concat(parts, ignore_index=True)
     else:
         df = generate_table(model, tok, prompts, scfg, seed=seed, generator=checkpoint_name(model_dir))
-    scored = CompositeScorer(C.scorer_config(cfg)).score_table(df)
-    df = df.merge(scored, on=["prompt_id", "sample_index"], validate="one_to_one")
+    sc = C.scorer_config(cfg)
+    if sc.kind == "preference":
+        df["reward"] = np.nan
+    else:
+        scored = CompositeScorer(sc, base_model_dir=base_model_dir).score_table(df)
+        df = df.merge(scored, on=["prompt_id", "sample_index"], validate="one_to_one")
     write_table(df, out, provenance(parents={"model": model_dir, "prompts": eval_prompts},
                                     config={"evaluation": cfg["evaluation"], "scorer": cfg["scorer"]}, seed=seed))
 
 
-def eval_metrics(*, iteration: int, current: str, base: str, previous: str, out: str) -> None:
+def eval_metrics(cfg: dict, *, iteration: int, current: str, base: str, previous: str, out: str,
+                 base_model_dir: str | None = None, threads: int | None = None) -> None:
+    """Held-out metrics of iterate t; a preference scorer judges current vs base and vs previous here."""
     cur = read_table(current)
     if iteration == 0:
         m = base_metrics(cur)
     else:
-        m = iteration_metrics(iteration, cur, read_table(base), read_table(previous))
+        scfg = C.scorer_config(cfg)
+        compare = None
+        if scfg.kind == "preference":
+            set_threads(threads)
+            compare = CompositeScorer(scfg, base_model_dir=base_model_dir).compare
+        m = iteration_metrics(iteration, cur, read_table(base), read_table(previous), compare=compare)
     m["checkpoint"] = cur["generator"].iloc[0] if len(cur) else None
     write_json(m, out)
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from nashflow.config import validate_config
 from nashflow.data import load_prompts
-from nashflow.config import prompts_config
+from nashflow.config import prompts_config, scorer_config
 from nashflow.errors import NashflowError
 from nashflow.methods import checkpoints_needed, iteration_roles
 
@@ -52,7 +52,15 @@ SETTINGS = {
     "train": {"training": config["training"], "algorithm": config["algorithm"], "seed": config["seed"]},
     "eval_generate": {"evaluation": config["evaluation"], "scorer": config["scorer"],
                       "conditioning": config["conditioning"] if config["algorithm"]["conditioning"] else None},
+    "eval_metrics": {"scorer": config["scorer"]},
 }
+
+# Model-backed scorers (judge, reward model, GPM) get more threads and memory; one that reads the
+# converted base model (`model: base`) has it as an input.
+SCORER = scorer_config(config)
+SCORER_MODEL = any(c.type in ("judge", "gpm", "reward_model", "pairrm") for c in SCORER.components)
+SCORER_THREADS = 2 if SCORER_MODEL else 1
+SCORER_MEM_MB = 16000 if SCORER_MODEL else 4000
 
 
 wildcard_constraints:
@@ -115,6 +123,16 @@ def get_roles(wildcards):
             "history": [name(k) for k in roles["history"]]}
 
 
+def _scorer_model(inputs):
+    if SCORER.uses_base_model():
+        inputs["scorer_model"] = BASE_MODEL
+    return inputs
+
+
+def get_score_inputs(wildcards):
+    return _scorer_model({"samples": f"results/{wildcards.run}/iter{wildcards.iter}/samples/shard{wildcards.shard}.parquet"})
+
+
 def get_samples(wildcards):
     return expand("results/{run}/iter{iter}/samples/shard{shard}.parquet",
                   run=wildcards.run, iter=wildcards.iter, shard=SHARDS)
@@ -125,8 +143,11 @@ def get_scores(wildcards):
                   run=wildcards.run, iter=wildcards.iter, shard=SHARDS)
 
 
-def get_eval_model(wildcards):
-    return model_dir(wildcards.run, wildcards.iter)
+def get_eval_generate_inputs(wildcards):
+    """The iterate, the held-out prompts, and a reward model that reads the base model."""
+    inputs = {"model": model_dir(wildcards.run, wildcards.iter),
+              "prompts": f"results/{wildcards.run}/prompts/eval.parquet"}
+    return inputs if SCORER.kind == "preference" else _scorer_model(inputs)
 
 
 def get_eval_inputs(wildcards):
@@ -135,6 +156,8 @@ def get_eval_inputs(wildcards):
     if t > 0:
         inputs["base"] = f"results/{wildcards.run}/iter0/eval/responses.parquet"
         inputs["previous"] = f"results/{wildcards.run}/iter{t - 1}/eval/responses.parquet"
+        if SCORER.kind == "preference":  # the judge compares the responses here
+            _scorer_model(inputs)
     return inputs
 
 

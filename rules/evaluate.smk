@@ -1,8 +1,7 @@
 rule eval_generate:
     """One scored response per held-out prompt from iterate t (t = 0: the base model)."""
     input:
-        model=get_eval_model,
-        prompts="results/{run}/prompts/eval.parquet",
+        unpack(get_eval_generate_inputs),
     output:
         responses="results/{run}/iter{iter}/eval/responses.parquet",
     params:
@@ -21,19 +20,21 @@ rule eval_generate:
 
 
 rule eval_metrics:
-    """Mean reward, win rate vs the base and the previous iterate, mean length."""
+    """Mean reward, win rate vs the base and the previous iterate (judged here by a preference scorer), length."""
     input:
         unpack(get_eval_inputs),
     output:
         metrics="results/{run}/iter{iter}/eval/metrics.json",
+    params:
+        settings=SETTINGS["eval_metrics"],
     log:
         "logs/{run}/iter{iter}/eval/metrics.log",
     benchmark:
         "logs/{run}/iter{iter}/eval/metrics.benchmark.tsv"
-    threads: 1
+    threads: SCORER_THREADS
     resources:
         gpu=0,
-        mem_mb=2000,
+        mem_mb=SCORER_MEM_MB,
         runtime=10,
     script:
         "../workflow/scripts/eval_metrics.py"

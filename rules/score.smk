@@ -1,7 +1,7 @@
 rule score:
-    """Rewards for every sample of one shard."""
+    """Rewards (or a preference matrix per prompt) for every sample of one shard."""
     input:
-        samples="results/{run}/iter{iter}/samples/shard{shard}.parquet",
+        unpack(get_score_inputs),
     output:
         scores="results/{run}/iter{iter}/scores/shard{shard}.parquet",
     params:
@@ -10,10 +10,10 @@ rule score:
         "logs/{run}/iter{iter}/score/shard{shard}.log",
     benchmark:
         "logs/{run}/iter{iter}/score/shard{shard}.benchmark.tsv"
-    threads: 1
+    threads: SCORER_THREADS
     resources:
         gpu=0,
-        mem_mb=4000,
+        mem_mb=SCORER_MEM_MB,
         runtime=60,
     script:
         "../workflow/scripts/score.py"

@@ -50,7 +50,7 @@ def test_nan_reward_names_the_row():
 
 
 def test_unknown_scorer_and_bad_function():
-    with pytest.raises(ConfigError, match="unknown type"):
+    with pytest.raises(ConfigError, match="unknown scorer"):
         ScorerConfig.from_dict({"components": [{"type": "nope"}]})
     with pytest.raises(ConfigError, match="module:function"):
         CompositeScorer(ScorerConfig.from_dict({"components": [{"type": "python", "args": {"function": "x"}}]}))

@@ -3,4 +3,5 @@ from nashflow.logutil import job_logging
 
 with job_logging(snakemake.log[0]):
     stages.eval_generate(snakemake.config, model_dir=snakemake.input.model, eval_prompts=snakemake.input.prompts,
-                         out=snakemake.output.responses, threads=snakemake.threads)
+                         out=snakemake.output.responses, threads=snakemake.threads,
+                         base_model_dir=snakemake.input.get("scorer_model"))

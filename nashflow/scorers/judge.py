@@ -1,0 +1,174 @@
+"""LLM-as-judge: a causal LM compares two responses, in both positions, from a prompt template.
+
+The template (``nashflow/templates/judge_pairwise.txt`` by default, COMAL's "Output (a)/(b)"
+style) holds ``{instruction}``, ``{output_a}`` and ``{output_b}``. It is sent as a user turn with
+the judge's own chat template; the judge's answer is forced to begin with ``answer_prefix``
+("Output (") and one forward pass gives the log-probs of the two label tokens ("a", "b") at the
+next position. No sampling, so the score is deterministic and batch-independent.
+
+P(a wins) follows COMAL (``data_processing.py``): if both labels are among the ``top_logprobs``
+most likely tokens, p_a = e^{lp_a} / (e^{lp_a} + e^{lp_b}); only one present → 1 or 0; neither →
+½. ``top_logprobs: null`` always uses both labels. Every ordered pair (i, j), i ≠ j, is judged;
+P[i][j] = ½(p(i, j) + 1 − p(j, i)) cancels position bias and gives P + Pᵀ = 1.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from nashflow.errors import ConfigError, DataError
+from nashflow.logps import _split_head, length_batches
+from nashflow.pairs import judge_matrix
+from nashflow.scorers.base import (
+    PreferenceResult, Scorer, check_chat_template, check_model_dir, last_user_text, load_scorer_tokenizer,
+    resolve_model_path, scorer_device, torch_dtype,
+)
+
+log = logging.getLogger(__name__)
+DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "templates" / "judge_pairwise.txt"
+PLACEHOLDERS = ("{instruction}", "{output_a}", "{output_b}")
+
+
+def load_template(path: str | None) -> str:
+    """Read a judge template and check its placeholders (a missing one would judge nothing)."""
+    p = Path(path) if path else DEFAULT_TEMPLATE
+    if not p.is_file():
+        raise ConfigError(f"judge template {p} does not exist (config key scorer.components[].args.template)")
+    text = p.read_text(encoding="utf-8")
+    missing = [ph for ph in PLACEHOLDERS if ph not in text]
+    if missing:
+        raise ConfigError(f"judge template {p} lacks the placeholder(s) {', '.join(missing)}; "
+                          f"a template must contain all of {', '.join(PLACEHOLDERS)}")
+    return text
+
+
+def label_probability(lp_a: float, lp_b: float, a_in_top: bool, b_in_top: bool) -> tuple[float, str]:
+    """P(first output wins) from the label log-probs, with COMAL's fallbacks; also which case applied."""
+    if a_in_top and b_in_top:
+        return float(1.0 / (1.0 + np.exp(lp_b - lp_a))), "both"
+    if a_in_top:
+        return 1.0, "only_a"
+    if b_in_top:
+        return 0.0, "only_b"
+    return 0.5, "neither"
+
+
+class JudgeScorer(Scorer):
+    """Pairwise preferences from a causal LM judge (``kind = preference``)."""
+
+    name = "judge"
+    kind = "preference"
+
+    def __init__(self, model: str = "base", *, template: str | None = None, answer_prefix: str = "Output (",
+                 labels: tuple[str, str] = ("a", "b"), top_logprobs: int | None = 4, max_output_tokens: int = 512,
+                 batch_size: int = 16, max_tokens: int = 16384, dtype: str = "float32", device: str | None = None,
+                 trust_remote_code: bool = False, base_model_dir: str | None = None, component: str = "judge"):
+        self.validate_args(template=template, labels=labels, top_logprobs=top_logprobs)
+        self.template = load_template(template)
+        self.component, self.answer_prefix, self.labels = component, answer_prefix, tuple(labels)
+        self.top_logprobs, self.max_output_tokens = top_logprobs, int(max_output_tokens)
+        self.batch_size, self.max_tokens = int(batch_size), int(max_tokens)
+        self.path = resolve_model_path(model, base_model_dir, component)
+        self.model_paths = (self.path,)
+        check_model_dir(self.path, component)
+        self.tok = load_scorer_tokenizer(self.path, component, trust_remote_code=trust_remote_code)
+        check_chat_template(self.tok, component, self.path)
+        from transformers import AutoModelForCausalLM
+
+        self.device = scorer_device(device)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            self.path, dtype=torch_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code,
+        ).to(self.device).eval()
+        self.fallbacks: Counter = Counter()
+        # Start-up check: the two labels must be distinct next tokens after the answer prefix.
+        _, a, b = self.encode_query("instruction", "first", "second")
+        if a == b:
+            raise DataError(f"scorer '{component}': the labels {labels} give the same token after "
+                            f"{answer_prefix!r} with the tokenizer of {self.path}; choose other labels")
+
+    @staticmethod
+    def validate_args(*, template: str | None = None, labels=("a", "b"), top_logprobs=4, **_) -> None:
+        load_template(template)
+        if len(labels) != 2 or labels[0] == labels[1]:
+            raise ConfigError(f"judge: 'labels' must be two different strings, got {labels!r}")
+        if top_logprobs is not None and int(top_logprobs) < 1:
+            raise ConfigError("judge: 'top_logprobs' must be >= 1 or null")
+
+    def _clip(self, text: str) -> str:
+        ids = self.tok(text, add_special_tokens=False)["input_ids"]
+        return text if len(ids) <= self.max_output_tokens else self.tok.decode(ids[: self.max_output_tokens])
+
+    def encode_query(self, instruction: str, out_a: str, out_b: str) -> tuple[list[int], int, int]:
+        """Context token ids (ending just before the label) and the two label token ids."""
+        filled = (self.template.replace("{instruction}", instruction)
+                  .replace("{output_a}", self._clip(out_a)).replace("{output_b}", self._clip(out_b)))
+        prefix = self.tok.apply_chat_template([{"role": "user", "content": filled}], tokenize=False,
+                                              add_generation_prompt=True) + self.answer_prefix
+        ids_a = self.tok(prefix + self.labels[0], add_special_tokens=False)["input_ids"]
+        ids_b = self.tok(prefix + self.labels[1], add_special_tokens=False)["input_ids"]
+        n = 0
+        while n < min(len(ids_a), len(ids_b)) and ids_a[n] == ids_b[n]:
+            n += 1
+        if n == 0 or n >= min(len(ids_a), len(ids_b)):
+            raise DataError(f"scorer '{self.component}': cannot locate the label token after {self.answer_prefix!r}")
+        return ids_a[:n], ids_a[n], ids_b[n]
+
+    @torch.inference_mode()
+    def first_wins(self, queries: Sequence[tuple[str, str, str]], progress: bool = False) -> np.ndarray:
+        """p(first output wins) for each (instruction, output_a, output_b)."""
+        enc = [self.encode_query(*q) for q in queries]
+        out = np.zeros(len(enc), dtype=np.float64)
+        split = _split_head(self.model)
+        pad = self.tok.pad_token_id
+        bar = tqdm(total=len(enc), desc=f"judge {self.component}", unit="pair", disable=not progress, mininterval=5)
+        for idx in length_batches([len(e[0]) for e in enc], self.max_tokens, self.batch_size):
+            lens = torch.tensor([len(enc[i][0]) for i in idx])
+            ids = torch.full((len(idx), int(lens.max())), pad, dtype=torch.long)
+            attn = torch.zeros_like(ids)
+            for row, i in enumerate(idx):
+                ids[row, : lens[row]] = torch.tensor(enc[i][0])
+                attn[row, : lens[row]] = 1
+            ids, attn = ids.to(self.device), attn.to(self.device)
+            rows = torch.arange(len(idx), device=self.device)
+            last = (lens - 1).to(self.device)
+            if split is not None:
+                body, head = split
+                hidden = body(input_ids=ids, attention_mask=attn).last_hidden_state[rows, last]
+                logits = head(hidden)
+            else:
+                logits = self.model(input_ids=ids, attention_mask=attn).logits[rows, last]
+            lp = torch.log_softmax(logits.float(), dim=-1)
+            top = torch.topk(lp, self.top_logprobs, dim=-1).indices if self.top_logprobs else None
+            for row, i in enumerate(idx):
+                a, b = enc[i][1], enc[i][2]
+                a_in = top is None or bool((top[row] == a).any())
+                b_in = top is None or bool((top[row] == b).any())
+                out[i], case = label_probability(float(lp[row, a]), float(lp[row, b]), a_in, b_in)
+                self.fallbacks[case] += 1
+            bar.update(len(idx))
+        bar.close()
+        return out
+
+    def preferences(self, groups):
+        queries, index = [], []
+        for g, (messages, responses) in enumerate(groups):
+            instruction = last_user_text(list(messages))
+            for i, ri in enumerate(responses):
+                for j, rj in enumerate(responses):
+                    if i != j:
+                        queries.append((instruction, ri, rj))
+                        index.append((g, i, j))
+        probs = self.first_wins(queries, progress=len(queries) > 32)
+        per_group: list[dict] = [{} for _ in groups]
+        for (g, i, j), p in zip(index, probs):
+            per_group[g][(i, j)] = float(p)
+        if self.fallbacks:
+            log.info("judge label cases so far: %s", dict(self.fallbacks))
+        return [PreferenceResult(P=judge_matrix(d, len(resp))) for d, (_, resp) in zip(per_group, groups)]
