@@ -161,7 +161,8 @@ def test_judge_template_errors(tmp_path):
 
 
 def test_judge_score_table_feeds_pair_builders(judge_dir):
-    cfg = ScorerConfig.from_dict({"components": [{"type": "judge", "args": {"model": str(judge_dir), "top_logprobs": None}}]})
+    judge = {"type": "judge", "args": {"model": str(judge_dir), "top_logprobs": None}}
+    cfg = ScorerConfig.from_dict({"components": [judge]})
     df = samples_table(k=3, prompts=2)
     scores = CompositeScorer(cfg).score_table(df)
     assert {"reward", "preference"} <= set(scores.columns) and len(scores) == 6

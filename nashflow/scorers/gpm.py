@@ -26,8 +26,15 @@ import torch
 from nashflow.errors import DataError
 from nashflow.logps import length_batches
 from nashflow.scorers.base import (
-    PreferenceResult, Scorer, check_chat_template, check_model_dir, load_scorer_tokenizer, render_conversation,
-    resolve_model_path, scorer_device, torch_dtype,
+    PreferenceResult,
+    Scorer,
+    check_chat_template,
+    check_model_dir,
+    load_scorer_tokenizer,
+    render_conversation,
+    resolve_model_path,
+    scorer_device,
+    torch_dtype,
 )
 
 HEAD_FILE = "gpm_head.safetensors"

@@ -27,8 +27,15 @@ from nashflow.errors import ConfigError, DataError
 from nashflow.logps import _split_head, length_batches
 from nashflow.pairs import judge_matrix
 from nashflow.scorers.base import (
-    PreferenceResult, Scorer, check_chat_template, check_model_dir, last_user_text, load_scorer_tokenizer,
-    resolve_model_path, scorer_device, torch_dtype,
+    PreferenceResult,
+    Scorer,
+    check_chat_template,
+    check_model_dir,
+    last_user_text,
+    load_scorer_tokenizer,
+    resolve_model_path,
+    scorer_device,
+    torch_dtype,
 )
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,15 @@ from tqdm.auto import tqdm
 from nashflow.errors import ConfigError, DataError
 from nashflow.logps import length_batches
 from nashflow.scorers.base import (
-    Scorer, check_chat_template, check_model_dir, last_user_text, load_scorer_tokenizer, render_conversation,
-    resolve_model_path, scorer_device, torch_dtype,
+    Scorer,
+    check_chat_template,
+    check_model_dir,
+    last_user_text,
+    load_scorer_tokenizer,
+    render_conversation,
+    resolve_model_path,
+    scorer_device,
+    torch_dtype,
 )
 
 log = logging.getLogger(__name__)
