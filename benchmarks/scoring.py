@@ -67,7 +67,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     k = 4
-    n_small, n_big = (8, 4) if args.quick else (32, 12)
+    n_small, n_big = (8, 2) if args.quick else (32, 6)
     tmp = Path(tempfile.mkdtemp(prefix="nashflow-bench-"))
     tiny = {"rm": build_tiny_reward_model(tmp / "rm"), "judge": build_tiny_judge(tmp / "judge"),
             "gpm": build_tiny_gpm(tmp / "gpm")}
@@ -100,7 +100,9 @@ def main() -> None:
         if judged:
             row["ordered_pairs_per_s"] = round(judged / sec, 2)
         if hasattr(scorer.parts[0][1], "fallbacks"):
-            row["judge_label_cases"] = dict(scorer.parts[0][1].fallbacks)
+            judge = scorer.parts[0][1]
+            row["judge_label_cases"] = dict(judge.fallbacks)
+            row["context_tokens_per_s"] = round(judge.tokens_read / (args.repeats + 1) / sec, 1)
         results.append(row)
         print(json.dumps(row))
     out = {"benchmark": "scoring", "quick": args.quick, "repeats": args.repeats, "threads": args.threads,

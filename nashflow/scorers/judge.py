@@ -94,6 +94,7 @@ class JudgeScorer(Scorer):
             self.path, dtype=torch_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code,
         ).to(self.device).eval()
         self.fallbacks: Counter = Counter()
+        self.tokens_read = 0  # context tokens forwarded (throughput reports)
         # Start-up check: the two labels must be distinct next tokens after the answer prefix.
         _, a, b = self.encode_query("instruction", "first", "second")
         if a == b:
@@ -131,6 +132,7 @@ class JudgeScorer(Scorer):
     def first_wins(self, queries: Sequence[tuple[str, str, str]], progress: bool = False) -> np.ndarray:
         """p(first output wins) for each (instruction, output_a, output_b)."""
         enc = [self.encode_query(*q) for q in queries]
+        self.tokens_read += sum(len(e[0]) for e in enc)
         out = np.zeros(len(enc), dtype=np.float64)
         split = _split_head(self.model)
         pad = self.tok.pad_token_id
