@@ -92,6 +92,8 @@ def main() -> None:
         scorer = CompositeScorer(ScorerConfig.from_dict({"components": [comp]}))
         load_s = time.perf_counter() - t0
         scorer.score_table(df.head(k))  # warm-up
+        if hasattr(scorer.parts[0][1], "tokens_read"):
+            scorer.parts[0][1].tokens_read = 0
         sec = timed(lambda: scorer.score_table(df), args.repeats)
         judged = n_prompts * k * (k - 1) if scorer.kind == "preference" and name != "gpm" else None
         row = {"backend": name, "model": model, "prompts": n_prompts, "k": k, "samples": len(df),
@@ -102,7 +104,7 @@ def main() -> None:
         if hasattr(scorer.parts[0][1], "fallbacks"):
             judge = scorer.parts[0][1]
             row["judge_label_cases"] = dict(judge.fallbacks)
-            row["context_tokens_per_s"] = round(judge.tokens_read / (args.repeats + 1) / sec, 1)
+            row["context_tokens_per_s"] = round(judge.tokens_read / args.repeats / sec, 1)
         results.append(row)
         print(json.dumps(row))
     out = {"benchmark": "scoring", "quick": args.quick, "repeats": args.repeats, "threads": args.threads,
