@@ -68,8 +68,11 @@ def iteration_metrics(iteration: int, current: pd.DataFrame, base: pd.DataFrame,
         "finished_fraction": float((current["finish_reason"] == "stop").mean()),
         "base_mean_reward": _mean(base["reward"]),
     }
+    done: dict[int, np.ndarray] = {}  # iteration 1: previous is base, judged once
     for name, other in (("base", base), ("previous", previous)):
-        w = outcomes(_paired(current, other, name), compare)
+        if id(other) not in done:
+            done[id(other)] = outcomes(_paired(current, other, name), compare)
+        w = done[id(other)]
         out[f"win_rate_vs_{name}"] = float(w.mean())
         out[f"win_rate_vs_{name}_ci"] = bootstrap_ci(w, seed=iteration)
     return out

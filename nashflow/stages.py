@@ -260,7 +260,9 @@ def eval_metrics(cfg: dict, *, iteration: int, current: str, base: str, previous
         if scfg.kind == "preference":
             set_threads(threads)
             compare = CompositeScorer(scfg, base_model_dir=base_model_dir).compare
-        m = iteration_metrics(iteration, cur, read_table(base), read_table(previous), compare=compare)
+        base_df = read_table(base)
+        prev_df = base_df if Path(previous) == Path(base) else read_table(previous)
+        m = iteration_metrics(iteration, cur, base_df, prev_df, compare=compare)
     m["checkpoint"] = cur["generator"].iloc[0] if len(cur) else None
     write_json(m, out)
 
