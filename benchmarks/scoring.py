@@ -50,6 +50,26 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def naive_judge_peer(judge, df: pd.DataFrame, k: int, repeats: int, judge_sec: float) -> dict:
+    """Peer in the same run: the same judge queries, one unbatched full forward each (logits for
+    every position), as a per-pair loop would do."""
+    import torch
+
+    queries = []
+    for _, g in df.groupby("prompt_id", sort=True):
+        instr, resp = g.messages.iloc[0][0]["content"], list(g.response)
+        queries += [(instr, a, b) for i, a in enumerate(resp) for j, b in enumerate(resp) if i != j]
+    ctx = [torch.tensor([judge.encode_query(*q)[0]]) for q in queries]
+
+    def loop():
+        with torch.inference_mode():
+            for ids in ctx:
+                judge.model(input_ids=ids.to(judge.device)).logits[0, -1].log_softmax(-1)
+
+    sec = timed(loop, repeats)
+    return {"naive_loop_seconds_median": round(sec, 4), "speedup_vs_naive_loop": round(sec / judge_sec, 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small workload (CI)")
@@ -105,6 +125,8 @@ def main() -> None:
             judge = scorer.parts[0][1]
             row["judge_label_cases"] = dict(judge.fallbacks)
             row["context_tokens_per_s"] = round(judge.tokens_read / args.repeats / sec, 1)
+        if name == "judge" and model != "tiny":
+            row.update(naive_judge_peer(scorer.parts[0][1], df, k, args.repeats, sec))
         results.append(row)
         print(json.dumps(row))
     out = {"benchmark": "scoring", "quick": args.quick, "repeats": args.repeats, "threads": args.threads,
