@@ -138,8 +138,10 @@ def test_judge_batching_invariance_and_top_logprobs(judge_dir):
     groups = [(MESSAGES[i], RESPONSES[i:i + 3]) for i in range(3)]
     one = JudgeScorer(str(judge_dir), batch_size=1, top_logprobs=None).preferences(groups)
     many = JudgeScorer(str(judge_dir), batch_size=16, top_logprobs=None).preferences(groups)
-    for x, y in zip(one, many):
+    plain = JudgeScorer(str(judge_dir), batch_size=16, top_logprobs=None, prefix_cache=False).preferences(groups)
+    for x, y, z in zip(one, many, plain):
         np.testing.assert_allclose(x.P, y.P, atol=1e-6)
+        np.testing.assert_allclose(x.P, z.P, atol=1e-5)  # the shared-prefix KV cache changes nothing
         assert np.ptp(x.P) > 0
     # With top_logprobs=1 at most one label can be in the top set: P entries are 0, ½ or 1.
     strict = JudgeScorer(str(judge_dir), top_logprobs=1)

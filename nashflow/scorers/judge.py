@@ -4,7 +4,9 @@ The template (``nashflow/templates/judge_pairwise.txt`` by default, COMAL's "Out
 style) holds ``{instruction}``, ``{output_a}`` and ``{output_b}``. It is sent as a user turn with
 the judge's own chat template; the judge's answer is forced to begin with ``answer_prefix``
 ("Output (") and one forward pass gives the log-probs of the two label tokens ("a", "b") at the
-next position. No sampling, so the score is deterministic and batch-independent.
+next position. No sampling, so the score is deterministic and batch-independent. The K(K−1)
+queries of a prompt share the template head and the instruction: that prefix runs once and its
+KV cache serves them all (``prefix_cache``).
 
 P(a wins) follows COMAL (``data_processing.py``): if both labels are among the ``top_logprobs``
 most likely tokens, p_a = e^{lp_a} / (e^{lp_a} + e^{lp_b}); only one present → 1 or 0; neither →
@@ -14,6 +16,7 @@ P[i][j] = ½(p(i, j) + 1 − p(j, i)) cancels position bias and gives P + Pᵀ =
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections import Counter
 from pathlib import Path
@@ -75,13 +78,14 @@ class JudgeScorer(Scorer):
 
     def __init__(self, model: str = "base", *, template: str | None = None, answer_prefix: str = "Output (",
                  labels: tuple[str, str] = ("a", "b"), top_logprobs: int | None = 4, max_output_tokens: int = 512,
-                 batch_size: int = 16, max_tokens: int = 16384, dtype: str = "float32", device: str | None = None,
-                 trust_remote_code: bool = False, base_model_dir: str | None = None, component: str = "judge"):
+                 batch_size: int = 16, max_tokens: int = 16384, prefix_cache: bool = True, dtype: str = "float32",
+                 device: str | None = None, trust_remote_code: bool = False, base_model_dir: str | None = None,
+                 component: str = "judge"):
         self.validate_args(template=template, labels=labels, top_logprobs=top_logprobs)
         self.template = load_template(template)
         self.component, self.answer_prefix, self.labels = component, answer_prefix, tuple(labels)
         self.top_logprobs, self.max_output_tokens = top_logprobs, int(max_output_tokens)
-        self.batch_size, self.max_tokens = int(batch_size), int(max_tokens)
+        self.batch_size, self.max_tokens, self.prefix_cache = int(batch_size), int(max_tokens), bool(prefix_cache)
         self.path = resolve_model_path(model, base_model_dir, component)
         self.model_paths = (self.path,)
         check_model_dir(self.path, component)
@@ -128,40 +132,69 @@ class JudgeScorer(Scorer):
             raise DataError(f"scorer '{self.component}': cannot locate the label token after {self.answer_prefix!r}")
         return ids_a[:n], ids_a[n], ids_b[n]
 
+    def _last_logits(self, contexts: list[list[int]]):
+        """Yield (positions, next-token logits [B, V]) for every context, in length-sorted batches.
+
+        With ``prefix_cache`` the contexts' longest common prefix (template head + instruction,
+        shared by all K(K−1) queries of a prompt) runs once and its KV cache is reused.
+        """
+        split = _split_head(self.model)
+        common = 0
+        if self.prefix_cache and split is not None and len(contexts) > 1:
+            first, shortest = contexts[0], min(len(c) for c in contexts)
+            while common < shortest - 1 and all(c[common] == first[common] for c in contexts):
+                common += 1
+        prefix = None
+        if common > 0:
+            prefix = split[0](input_ids=torch.tensor([contexts[0][:common]], device=self.device),
+                              use_cache=True).past_key_values
+        suffixes = [c[common:] for c in contexts]
+        for idx in length_batches([len(x) for x in suffixes], self.max_tokens, self.batch_size):
+            lens = torch.tensor([len(suffixes[i]) for i in idx])
+            ids = torch.full((len(idx), int(lens.max())), self.tok.pad_token_id, dtype=torch.long)
+            attn = torch.zeros_like(ids)
+            for row, i in enumerate(idx):
+                ids[row, : lens[row]] = torch.tensor(suffixes[i])
+                attn[row, : lens[row]] = 1
+            ids, attn = ids.to(self.device), attn.to(self.device)
+            rows, last = torch.arange(len(idx), device=self.device), (lens - 1).to(self.device)
+            if split is None:
+                yield idx, self.model(input_ids=ids, attention_mask=attn).logits[rows, last]
+                continue
+            body, head = split
+            kw = {}
+            if prefix is not None:
+                cache = copy.deepcopy(prefix)
+                cache.batch_repeat_interleave(len(idx))
+                kw = {"past_key_values": cache, "use_cache": True,
+                      "position_ids": (common + torch.arange(ids.shape[1], device=self.device)).expand_as(ids)}
+                attn = torch.cat([torch.ones((len(idx), common), dtype=attn.dtype, device=self.device), attn], 1)
+            hidden = body(input_ids=ids, attention_mask=attn, **kw).last_hidden_state
+            yield idx, head(hidden[rows, last])
+
     @torch.inference_mode()
     def first_wins(self, queries: Sequence[tuple[str, str, str]], progress: bool = False) -> np.ndarray:
-        """p(first output wins) for each (instruction, output_a, output_b)."""
+        """p(first output wins) for each (instruction, output_a, output_b); queries sharing an
+        instruction share one prefix computation."""
         enc = [self.encode_query(*q) for q in queries]
         self.tokens_read += sum(len(e[0]) for e in enc)
         out = np.zeros(len(enc), dtype=np.float64)
-        split = _split_head(self.model)
-        pad = self.tok.pad_token_id
+        by_instruction: dict[str, list[int]] = {}
+        for i, q in enumerate(queries):
+            by_instruction.setdefault(q[0], []).append(i)
         bar = tqdm(total=len(enc), desc=f"judge {self.component}", unit="pair", disable=not progress, mininterval=5)
-        for idx in length_batches([len(e[0]) for e in enc], self.max_tokens, self.batch_size):
-            lens = torch.tensor([len(enc[i][0]) for i in idx])
-            ids = torch.full((len(idx), int(lens.max())), pad, dtype=torch.long)
-            attn = torch.zeros_like(ids)
-            for row, i in enumerate(idx):
-                ids[row, : lens[row]] = torch.tensor(enc[i][0])
-                attn[row, : lens[row]] = 1
-            ids, attn = ids.to(self.device), attn.to(self.device)
-            rows = torch.arange(len(idx), device=self.device)
-            last = (lens - 1).to(self.device)
-            if split is not None:
-                body, head = split
-                hidden = body(input_ids=ids, attention_mask=attn).last_hidden_state[rows, last]
-                logits = head(hidden)
-            else:
-                logits = self.model(input_ids=ids, attention_mask=attn).logits[rows, last]
-            lp = torch.log_softmax(logits.float(), dim=-1)
-            top = torch.topk(lp, self.top_logprobs, dim=-1).indices if self.top_logprobs else None
-            for row, i in enumerate(idx):
-                a, b = enc[i][1], enc[i][2]
-                a_in = top is None or bool((top[row] == a).any())
-                b_in = top is None or bool((top[row] == b).any())
-                out[i], case = label_probability(float(lp[row, a]), float(lp[row, b]), a_in, b_in)
-                self.fallbacks[case] += 1
-            bar.update(len(idx))
+        for members in by_instruction.values():
+            for pos, logits in self._last_logits([enc[i][0] for i in members]):
+                lp = torch.log_softmax(logits.float(), dim=-1)
+                top = torch.topk(lp, self.top_logprobs, dim=-1).indices if self.top_logprobs else None
+                for row, p in enumerate(pos):
+                    i = members[p]
+                    a, b = enc[i][1], enc[i][2]
+                    a_in = top is None or bool((top[row] == a).any())
+                    b_in = top is None or bool((top[row] == b).any())
+                    out[i], case = label_probability(float(lp[row, a]), float(lp[row, b]), a_in, b_in)
+                    self.fallbacks[case] += 1
+                bar.update(len(pos))
         bar.close()
         return out
 
