@@ -316,6 +316,10 @@ def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_di
         if val is not None:
             # COMAL keeps the best validation checkpoint (step 0 = the initial policy).
             state = best["state"] if best["state"] is not None else load_model(policy_path).state_dict()
+            if best["state"] is None:
+                log.warning("no epoch improved the validation loss (%.6g at step 0): the saved model is the initial "
+                            "policy; with few validation pairs consider a larger val_fraction or select_best: false",
+                            best["val_loss"])
             unwrapped.load_state_dict(state)
         unwrapped.config.use_cache = True
         extra = {"best_step": best["step"], "best_val_loss": best["val_loss"]} if val is not None else {}
