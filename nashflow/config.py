@@ -52,7 +52,63 @@ def load_schema(path: str | Path) -> dict:
 
 
 def validate_config(config: dict, schema_path: str | Path) -> dict:
-    """Return a validated copy of ``config`` with defaults filled in, or raise ConfigError."""
+    """Return a validated copy of ``config`` with defaults filled in, or raise ConfigError.
+
+    With ``runs``, each run's config (the top level with the run's overrides) is validated too and
+    stored fully resolved under ``runs.<name>``, its ``run`` set to ``<top run>/<name>``.
+    """
+    raw = copy.deepcopy(dict(config))
+    runs = raw.get("runs") or {}
+    reserved = sorted(set(runs) & {"compare", "prompts", "report"}) if isinstance(runs, dict) else []
+    if reserved:
+        raise ConfigError(f"config key 'runs.{reserved[0]}': the run name '{reserved[0]}' is reserved for the "
+                          "comparison's own outputs; choose another name")
+    cfg = _validate_one(raw, schema_path)
+    if not isinstance(runs, dict):
+        return cfg
+    top = {k: v for k, v in raw.items() if k != "runs"}
+    resolved = {}
+    for name, overrides in runs.items():
+        merged = run_overrides(top, overrides or {})
+        try:
+            one = _validate_one(merged, schema_path)
+        except ConfigError as err:
+            raise ConfigError(str(err).replace("config key '", f"config key 'runs.{name}.", 1)
+                              .replace("config: ", f"config: run '{name}': ", 1)) from err
+        one["run"] = f"{cfg['run']}/{name}"
+        resolved[name] = one
+    cfg["runs"] = resolved
+    return cfg
+
+
+def run_overrides(top: dict, overrides: dict) -> dict:
+    """The top-level config with one run's overrides: ``algorithm`` replaced whole, the rest merged."""
+    merged = deep_update({k: v for k, v in top.items() if k != "algorithm"},
+                         {k: v for k, v in overrides.items() if k != "algorithm"})
+    merged["algorithm"] = copy.deepcopy(overrides.get("algorithm", top.get("algorithm", {})))
+    merged.pop("runs", None)
+    return merged
+
+
+def run_ids(cfg: dict) -> list[str]:
+    """Output folder names under results/: ``<run>`` alone, or ``<run>/<name>`` per entry of ``runs``."""
+    return [r["run"] for r in cfg["runs"].values()] if cfg.get("runs") else [cfg["run"]]
+
+
+def run_config(cfg: dict, run_id: str, *, evaluation: bool = False) -> dict:
+    """The resolved config of one run. ``evaluation``: with the top-level scorer, which judges every
+    run's held-out responses so that runs are compared by the same judge."""
+    if not cfg.get("runs"):
+        if run_id != cfg["run"]:
+            raise ConfigError(f"no run '{run_id}' in this config (run: {cfg['run']})")
+        return cfg
+    for one in cfg["runs"].values():
+        if one["run"] == run_id:
+            return dict(one, scorer=cfg["scorer"]) if evaluation else one
+    raise ConfigError(f"no run '{run_id}' in this config (runs: {', '.join(run_ids(cfg))})")
+
+
+def _validate_one(config: dict, schema_path: str | Path) -> dict:
     import jsonschema
 
     schema = load_schema(schema_path)
@@ -113,6 +169,7 @@ def eval_sampling_config(cfg: dict) -> SamplingConfig:
 
 def train_config(cfg: dict) -> TrainConfig:
     t = {k: v for k, v in cfg["training"].items() if k != "mixed_precision"}
+    t["report_to"] = tuple(t.get("report_to", ()))
     return TrainConfig(**t, seed=cfg["seed"])
 
 
@@ -127,3 +184,9 @@ def loss_config(cfg: dict) -> LossConfig:
 
 def scorer_config(cfg: dict) -> ScorerConfig:
     return ScorerConfig.from_dict(cfg["scorer"])
+
+
+def job_config(smk, *, evaluation: bool = False) -> dict:
+    """The config of a Snakemake job's run (its ``run`` wildcard), for workflow/scripts."""
+    run = dict(smk.wildcards.items()).get("run")
+    return run_config(smk.config, run, evaluation=evaluation) if run else smk.config

@@ -89,3 +89,30 @@ def base_metrics(base: pd.DataFrame) -> dict[str, Any]:
         "win_rate_vs_base": 0.5, "win_rate_vs_base_ci": (0.5, 0.5),
         "win_rate_vs_previous": 0.5, "win_rate_vs_previous_ci": (0.5, 0.5),
     }
+
+
+def round_robin(players: dict[str, pd.DataFrame], compare: Compare | None = None, seed: int = 0) -> pd.DataFrame:
+    """Every pair of players (name → held-out responses of one checkpoint) on the same prompts.
+
+    One row per unordered pair (a, b) in the given order: ``win_rate`` = mean per-prompt outcome of
+    a vs b (reward comparison with ties ½, or the preference scorer's P(a ≻ b)), a 95% bootstrap
+    interval over prompts, and the number of prompts. b's win rate against a is 1 − ``win_rate``.
+    """
+    names = list(players)
+    rows = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            w = outcomes(_paired(players[a], players[b], b), compare)
+            lo, hi = bootstrap_ci(w, seed=seed + i)
+            rows.append({"player_a": a, "player_b": b, "win_rate": float(w.mean()), "ci_low": lo, "ci_high": hi,
+                         "n_prompts": int(len(w))})
+    return pd.DataFrame(rows, columns=["player_a", "player_b", "win_rate", "ci_low", "ci_high", "n_prompts"])
+
+
+def win_matrix(table: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """Square matrix of row-vs-column win rates from a ``round_robin`` table (diagonal ½)."""
+    m = pd.DataFrame(0.5, index=names, columns=names)
+    for r in table.itertuples():
+        m.loc[r.player_a, r.player_b] = r.win_rate
+        m.loc[r.player_b, r.player_a] = 1.0 - r.win_rate
+    return m

@@ -86,22 +86,35 @@ def plot_length(df: pd.DataFrame, path: str, title: str) -> None:
     _save(fig, path, ax)
 
 
-def plot_training(metric_csvs: list[str], path: str, title: str) -> None:
-    plt = _plt()
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-    offset = 0
+TRAIN_PANELS = (("loss", "loss"), ("rewards_margin", "reward margin (β·Δ log-ratio)"),
+                ("rewards_accuracy", "reward accuracy"), ("kl_chosen", "KL to reference (chosen, nats/seq.)"))
+
+
+def _train_curves(metric_csvs: list[str]) -> pd.DataFrame:
+    """Training rows of consecutive iterations on one axis of optimizer steps."""
+    parts, offset = [], 0
     for it, p in enumerate(metric_csvs, start=1):
         d = pd.read_csv(p)
         if d.empty:
             continue
-        x = d.step + offset
-        axes[0].plot(x, d.loss, label=f"iter {it}")
-        axes[1].plot(x, d.rewards_margin, label=f"iter {it}")
-        axes[2].plot(x, d.rewards_accuracy, label=f"iter {it}")
-        offset = int(x.max())
-    for ax, name in zip(axes, ("loss", "reward margin (β·Δ log-ratio)", "reward accuracy")):
+        d = d.assign(iteration=it, global_step=d.step + offset)
+        offset = int(d.global_step.max())
+        parts.append(d)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["iteration", "global_step"])
+
+
+def plot_training(metric_csvs: list[str], path: str, title: str) -> None:
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(TRAIN_PANELS), figsize=(15, 3.6))
+    d = _train_curves(metric_csvs)
+    for it, g in d.groupby("iteration"):
+        for ax, (col, _) in zip(axes, TRAIN_PANELS):
+            if col in g:
+                ax.plot(g.global_step, g[col], label=f"iter {it}")
+    for ax, (_, name) in zip(axes, TRAIN_PANELS):
         ax.set(xlabel="optimizer step (all iterations)", title=name)
-    axes[0].legend()
+    if len(d):
+        axes[0].legend()
     fig.suptitle(title)
     _save(fig, path, *axes)
 
@@ -130,3 +143,111 @@ def plot_objectives(responses: list[str], names: list[str], path: str, title: st
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
     _save(fig, path, ax)
+
+
+# ---- comparison of several runs ------------------------------------------------------------------
+
+
+def comparison_table(metrics: dict[str, list[str]]) -> pd.DataFrame:
+    """Per-iteration held-out metrics of every run (``run`` column first)."""
+    parts = [summary_table(files).assign(run=run) for run, files in metrics.items()]
+    df = pd.concat(parts, ignore_index=True)
+    return df[["run"] + [c for c in df.columns if c != "run"]]
+
+
+def plot_runs(df: pd.DataFrame, col: str, path: str, *, ylabel: str, title: str, parity: bool = False) -> None:
+    """One line per run over iterations, with its 95% interval as error bars where there is one."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    if df[col].isna().all():
+        _no_data(ax, f"no {ylabel} (a preference scorer gives no per-response reward: see the win rates)")
+    for run, d in df.groupby("run", sort=False):
+        d = d[d.iteration > 0] if parity else d
+        if f"{col}_ci_low" in d:
+            yerr = [d[col] - d[f"{col}_ci_low"], d[f"{col}_ci_high"] - d[col]]
+            ax.errorbar(d.iteration, d[col], yerr=yerr, marker="o", capsize=4, label=run, alpha=0.85)
+        else:
+            ax.plot(d.iteration, d[col], marker="o", label=run)
+    if parity:
+        ax.axhline(0.5, color="grey", lw=1, ls="--")
+        ax.set_ylim(0, 1)
+    ax.set(xlabel="iteration" + ("" if parity else " (0 = base model)"), ylabel=ylabel, title=title)
+    ax.set_xticks(sorted(df.iteration.unique()[df.iteration.unique() > 0] if parity else df.iteration.unique()))
+    ax.legend(fontsize=8)
+    _save(fig, path, ax)
+
+
+def plot_runs_training(train: dict[str, list[str]], path: str, title: str) -> None:
+    """Training curves of every run, iterations concatenated on one step axis."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(TRAIN_PANELS), figsize=(15, 3.6))
+    for run, files in train.items():
+        d = _train_curves(files)
+        for ax, (col, _) in zip(axes, TRAIN_PANELS):
+            if col in d and len(d):
+                ax.plot(d.global_step, d[col], label=run)
+    for ax, (_, name) in zip(axes, TRAIN_PANELS):
+        ax.set(xlabel="optimizer step (all iterations)", title=name)
+    lo, hi = axes[0].get_ylim()
+    if len(train) > 1 and max(abs(lo), abs(hi)) > 100:  # losses of different methods differ in scale
+        axes[0].set_yscale("symlog", linthresh=1.0)
+        axes[0].set_title("loss (symlog: scales differ between losses)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    _save(fig, path, *axes)
+
+
+def plot_win_matrix(matrix: pd.DataFrame, table: pd.DataFrame, path: str, title: str) -> None:
+    """Heat map of row-vs-column held-out win rates, each cell with its 95% interval."""
+    plt = _plt()
+    n = len(matrix)
+    fig, ax = plt.subplots(figsize=(1.6 * n + 2.5, 1.2 * n + 1.5))
+    im = ax.imshow(matrix.to_numpy(dtype=float), cmap="RdBu", vmin=0, vmax=1)
+    ci = {}
+    for r in table.itertuples():
+        ci[(r.player_a, r.player_b)] = (r.ci_low, r.ci_high)
+        ci[(r.player_b, r.player_a)] = (1 - r.ci_high, 1 - r.ci_low)
+    for i, a in enumerate(matrix.index):
+        for j, b in enumerate(matrix.columns):
+            v = matrix.iloc[i, j]
+            text = f"{v:.2f}" if i == j else f"{v:.2f}\n[{ci[(a, b)][0]:.2f}, {ci[(a, b)][1]:.2f}]"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if abs(v - 0.5) > 0.3 else "black")
+    ax.set_xticks(range(n), matrix.columns, rotation=30, ha="right")
+    ax.set_yticks(range(n), matrix.index)
+    ax.set(xlabel="opponent", ylabel="player (row wins against column)", title=title)
+    fig.colorbar(im, ax=ax, label="win rate")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def examples_html(columns: dict[str, str], path: str, *, n: int = 8, title: str = "Example held-out responses") -> None:
+    """An HTML table: n held-out prompts, one column per checkpoint (name → responses table)."""
+    import html
+
+    tables = {name: pd.read_parquet(p) for name, p in columns.items()}
+    first = next(iter(tables.values()))
+    rows = first.sort_values(["prompt_id", "sample_index"]).groupby("prompt_id").head(1).head(n)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in ["prompt", *columns])
+    body = []
+    for _, r in rows.iterrows():
+        msgs = r["raw_messages"] if "raw_messages" in r and r["raw_messages"] is not None else r["messages"]
+        prompt = " ".join(m["content"] for m in msgs if m["role"] == "user")
+        cells = [f"<td class='p'>{html.escape(prompt)}</td>"]
+        for d in tables.values():
+            hit = d[(d.prompt_id == r.prompt_id) & (d.sample_index == r.sample_index)]
+            text = hit.response.iloc[0] if len(hit) else ""
+            rew = hit.reward.iloc[0] if len(hit) and "reward" in hit and pd.notna(hit.reward.iloc[0]) else None
+            badge = f"<div class='r'>reward {rew:.3f}</div>" if rew is not None else ""
+            cells.append(f"<td>{html.escape(str(text))}{badge}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    style = ("body{font-family:sans-serif;font-size:13px} table{border-collapse:collapse;table-layout:fixed;width:100%}"
+             "td,th{border:1px solid #ccc;padding:6px;vertical-align:top;word-wrap:break-word}"
+             "th{background:#f0f0f0} td.p{font-weight:600;background:#fafafa} .r{color:#666;font-size:11px;margin-top:4px}")
+    doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+           f"<style>{style}</style></head><body><h3>{html.escape(title)}</h3>"
+           f"<table><tr>{head}</tr>{''.join(body)}</table></body></html>\n")
+    from nashflow.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(doc, encoding="utf-8")

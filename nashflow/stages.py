@@ -6,6 +6,7 @@ tested without Snakemake.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pandas as pd
 from nashflow import config as C
 from nashflow.data import iteration_prompts, load_prompts, shard_rows, split_prompts
 from nashflow.evaluate import base_metrics, iteration_metrics
-from nashflow.io import provenance, read_provenance, read_table, write_json, write_table
+from nashflow.io import atomic_path, provenance, read_provenance, read_table, write_json, write_table
 from nashflow.logps import encode_pair_side, sequence_logps
 from nashflow.models import default_device, load_model, load_tokenizer, prepare_base_model, set_threads
 from nashflow.pairs import build_pairs
@@ -208,6 +209,9 @@ def train(cfg: dict, *, policy_dir: str, pairs_path: str, logps: dict, roles: di
         "loss": asdict(C.loss_config(cfg)),
         "parents": {"policy_init": checkpoint_name(policy_dir), "pairs": pairs_path, **roles},
         "progress": True,
+        # TensorBoard event files beside the job's log (logs/ is never deleted by Snakemake):
+        # `tensorboard --logdir logs` shows every run and iteration.
+        "tensorboard_dir": str(Path(log_path).parent / "tensorboard") if log_path else None,
     }
     launch_training(spec, n_gpus=n_gpus, log_path=log_path, mixed_precision=cfg["training"]["mixed_precision"])
 
@@ -267,22 +271,103 @@ def eval_metrics(cfg: dict, *, iteration: int, current: str, base: str, previous
     write_json(m, out)
 
 
-def report(cfg: dict, *, metrics: list[str], train_metrics: list[str], responses: list[str], out_table: str,
-           out_reward: str, out_winrate: str, out_length: str, out_training: str, out_objectives: str) -> None:
+def report(cfg: dict, *, metrics: list[str], train_metrics: list[str], responses: list[str], models: list[str],
+           out: dict[str, str]) -> None:
+    """One run's report: summary table, plots, example responses side by side, config and provenance."""
     from nashflow import report as R
 
     df = R.summary_table(metrics)
     title = f"run '{cfg['run']}': {cfg['algorithm']['name']}"
-    R.plot_objectives(responses, objective_names(cfg), out_objectives, title)
-    R.plot_reward(df, out_reward, title)
-    R.plot_win_rates(df, out_winrate, title)
-    R.plot_length(df, out_length, title)
-    R.plot_training(train_metrics, out_training, title)
-    from nashflow.io import atomic_path
+    R.plot_objectives(responses, objective_names(cfg), out["objectives"], title)
+    R.plot_reward(df, out["reward"], title)
+    R.plot_win_rates(df, out["winrate"], title)
+    R.plot_length(df, out["length"], title)
+    R.plot_training(train_metrics, out["training"], title)
+    R.examples_html({"base" if t == 0 else f"iteration {t}": p for t, p in enumerate(responses)}, out["examples"],
+                    title=f"Held-out prompts: base model and every iterate of run '{cfg['run']}'")
+    write_yaml(run_record(cfg, models), out["config"])
+    with atomic_path(out["table"]) as tmp:
+        df.to_csv(tmp, index=False, float_format="%.4f")
 
-    with atomic_path(out_table) as tmp:
+
+def run_record(cfg: dict, models: list[str]) -> dict:
+    """A run's resolved config and each trained iterate's provenance (parents, roles, steps, versions)."""
+    prov = {}
+    for m in models:
+        p = read_provenance(m)
+        prov[checkpoint_name(m)] = {k: v for k, v in p.items() if k != "config"}
+    return {"run": cfg["run"], "config": {k: v for k, v in cfg.items() if k != "runs"}, "checkpoints": prov}
+
+
+def write_yaml(obj, path: str) -> None:
+    import yaml
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(json.loads(json.dumps(obj, default=str)), sort_keys=False, allow_unicode=True),
+                       encoding="utf-8")
+
+
+def export_answers(cfg: dict, *, responses: str, out_alpaca: str, out_mt_bench: str) -> None:
+    """Held-out responses in AlpacaEval's and MT-Bench's answer formats."""
+    from nashflow.export import write_alpaca_eval, write_mt_bench
+
+    df = read_table(responses)
+    model_id = df["generator"].iloc[0] if len(df) else "unknown"
+    write_alpaca_eval(df, model_id, out_alpaca)
+    write_mt_bench(df, model_id, out_mt_bench)
+
+
+def compare(cfg: dict, *, files: dict[str, dict[str, list[str]]], out: dict[str, str],
+            base_model_dir: str | None = None, threads: int | None = None) -> None:
+    """Cross-run comparison with the top-level scorer: per-iteration metrics of every run, a round-robin
+    of the base model and every run's final iterate, plots, examples side by side, configs.
+
+    ``files``: run → {"metrics", "responses" (iteration 0 first), "train_metrics", "models"}.
+    Runs evaluated on a MOODPO weight grid are in the plots but not in the round-robin (their
+    held-out rows are per weight vector).
+    """
+    from nashflow import report as R
+    from nashflow.evaluate import round_robin, win_matrix
+
+    short = {run: run.split("/")[-1] for run in files}
+    df = R.comparison_table({short[r]: f["metrics"] for r, f in files.items()})
+    conditioned = {r for r in files if C.run_config(cfg, r)["algorithm"]["conditioning"]}
+    first = next((f for r, f in files.items() if r not in conditioned), next(iter(files.values())))
+    players = {"base": read_table(first["responses"][0])}
+    skipped = []
+    for run, f in files.items():
+        if run in conditioned:
+            skipped.append(short[run])
+            continue
+        players[f"{short[run]} (iter {len(f['responses']) - 1})"] = read_table(f["responses"][-1])
+    scfg = C.scorer_config(cfg)
+    comp = None
+    if scfg.kind == "preference":
+        set_threads(threads)
+        comp = CompositeScorer(scfg, base_model_dir=base_model_dir).compare
+    table = round_robin(players, compare=comp, seed=cfg["evaluation"]["seed"])
+    if skipped:
+        log.info("not in the round-robin (evaluated per weight vector): %s", ", ".join(skipped))
+    write_table(table, out["roundrobin"], provenance(parents={n: str(n) for n in players}, config=cfg["scorer"],
+                                                      skipped=skipped))
+    names = list(players)
+    title = f"comparison '{cfg['run']}'"
+    R.plot_win_matrix(win_matrix(table, names), table, out["roundrobin_plot"], title)
+    R.plot_runs(df, "mean_reward", out["reward"], ylabel="mean held-out reward", title=title)
+    R.plot_runs(df, "win_rate_vs_base", out["winrate"], ylabel="held-out win rate vs base", title=title,
+                parity=True)
+    R.plot_runs(df, "mean_length", out["length"], ylabel="mean response tokens", title=title)
+    R.plot_runs_training({short[r]: f["train_metrics"] for r, f in files.items()}, out["training"], title)
+    columns = {"base": first["responses"][0]}
+    for run, f in files.items():
+        columns.update({f"{short[run]} iter {t}": p for t, p in enumerate(f["responses"]) if t > 0})
+    R.examples_html(columns, out["examples"], title=f"Held-out prompts: base and every iterate of every run ({title})")
+    write_yaml({"comparison": cfg["run"], "judge": cfg["scorer"],
+                "runs": {short[r]: run_record(C.run_config(cfg, r), f["models"]) for r, f in files.items()}},
+               out["config"])
+    with atomic_path(out["table"]) as tmp:
         df.to_csv(tmp, index=False, float_format="%.4f")
 
 
 __all__ = ["prepare_model", "split", "generate", "score", "pairs", "logps", "train", "eval_generate",
-           "eval_metrics", "report", "read_provenance"]
+           "eval_metrics", "report", "export_answers", "compare", "read_provenance"]

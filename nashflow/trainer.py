@@ -47,6 +47,7 @@ class TrainConfig:
     max_length: int = 512
     max_prompt_length: int = 256
     gradient_checkpointing: bool = False
+    report_to: tuple[str, ...] = ("tensorboard",)  # besides the CSV: tensorboard, wandb
     seed: int = 0
 
     def __post_init__(self):
@@ -60,6 +61,9 @@ class TrainConfig:
             raise ValueError("training.optimizer must be adamw or rmsprop")
         if self.max_prompt_length >= self.max_length:
             raise ValueError("training.max_prompt_length must be < training.max_length")
+        unknown = set(self.report_to) - {"tensorboard", "wandb"}
+        if unknown:
+            raise ValueError(f"training.report_to: unknown {sorted(unknown)} (tensorboard, wandb)")
 
 
 @dataclass(frozen=True)
@@ -192,10 +196,51 @@ class PairBatches:
         return losses, kw, int(attn.sum())
 
 
+class MetricWriters:
+    """Per-step metrics to TensorBoard (event files under ``log_dir``) and optionally wandb, besides the
+    CSV that the trainer always writes. wandb is imported only when asked for, offline unless
+    ``WANDB_MODE`` says otherwise."""
+
+    def __init__(self, report_to, log_dir: str | None, name: str, config: dict[str, Any]):
+        self.tb = self.wandb = None
+        if "tensorboard" in report_to and log_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=log_dir)
+        if "wandb" in report_to:
+            import os
+
+            try:
+                import wandb
+            except ImportError as err:
+                raise RuntimeError("training.report_to has wandb but the package is missing: "
+                                   "pip install 'nashflow[wandb]' or drop it from report_to") from err
+            self.wandb = wandb.init(project=os.environ.get("WANDB_PROJECT", "nashflow"), name=name, config=config,
+                                    mode=os.environ.get("WANDB_MODE", "offline"), dir=log_dir, reinit=True)
+
+    def write(self, row: dict[str, Any]) -> None:
+        step = int(row["step"])
+        scalars = {k: float(v) for k, v in row.items() if k != "step" and isinstance(v, (int, float))}
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(f"train/{k}", v, step)
+        if self.wandb is not None:
+            self.wandb.log({f"train/{k}": v for k, v in scalars.items()}, step=step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
 def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_dir: str, metrics_path: str,
           train_cfg: TrainConfig, loss_cfg: LossConfig, parents: dict[str, Any] | None = None,
-          progress: bool = True) -> None:
-    """Train the policy initialised from ``policy_path`` on the pairs; save a safetensors folder."""
+          progress: bool = True, tensorboard_dir: str | None = None) -> None:
+    """Train the policy initialised from ``policy_path`` on the pairs; save a safetensors folder.
+
+    Metrics per optimizer step go to ``metrics_path`` (CSV) and, per ``train_cfg.report_to``, to
+    TensorBoard event files in ``tensorboard_dir`` and to wandb."""
     from accelerate import Accelerator
 
     from nashflow.models import load_model, load_tokenizer
@@ -258,6 +303,9 @@ def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_di
     step, t0, tokens = 0, time.time(), 0
     best: dict[str, Any] = {"val_loss": validation_loss() if val else None, "step": 0, "state": None}
     bar = tqdm(total=total_steps, desc="train", unit="step", disable=not (progress and acc.is_main_process))
+    writers = MetricWriters(train_cfg.report_to if acc.is_main_process else (), tensorboard_dir,
+                            name=str((parents or {}).get("generator", output_dir)),
+                            config={"train": asdict(train_cfg), "loss": asdict(loss_cfg)})
     for epoch in range(train_cfg.epochs):
         order = np.random.default_rng(derive_seed(train_cfg.seed, epoch)).permutation(len(base_batches))
         mine = [base_batches[i] for i in order[: per_proc * world]][rank::world]
@@ -302,9 +350,11 @@ def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_di
                                     state={k: v.detach().cpu().clone()
                                            for k, v in acc.unwrap_model(model).state_dict().items()})
                 rows.append(row)
+                writers.write(row)
                 bar.set_postfix(loss=f"{stats['loss']:.4f}", acc=f"{stats['rewards_accuracy']:.2f}")
                 bar.update(1)
     bar.close()
+    writers.close()
     acc.wait_for_everyone()
     if acc.is_main_process:
         fields = list(dict.fromkeys(k for r in rows for k in r)) or ["step"]
@@ -348,7 +398,9 @@ def main(argv: list[str] | None = None) -> None:
     if threads:
         torch.set_num_threads(int(threads))
     with job_logging(None):
-        train(train_cfg=TrainConfig(**spec.pop("train")), loss_cfg=LossConfig(**spec.pop("loss")), **spec)
+        t = spec.pop("train")
+        t["report_to"] = tuple(t.get("report_to", ()))
+        train(train_cfg=TrainConfig(**t), loss_cfg=LossConfig(**spec.pop("loss")), **spec)
 
 
 if __name__ == "__main__":

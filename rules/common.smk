@@ -1,8 +1,10 @@
 # Config validation, path helpers and input functions (get_*). No rule lives here.
+import json
+import re
 import sys
 from pathlib import Path
 
-from nashflow.config import validate_config
+from nashflow.config import run_config, run_ids, validate_config
 from nashflow.data import load_prompts
 from nashflow.config import prompts_config, scorer_config
 from nashflow.errors import NashflowError
@@ -27,44 +29,93 @@ _checked = _validated(config)
 config.clear()
 config.update(_checked)
 
-RUN = config["run"]
-ITERATIONS = list(range(1, config["iterations"] + 1))
+TOP = config["run"]
+RUNS = run_ids(config)  # "<run>", or "<run>/<name>" per entry of `runs`
+RUN_CFG = {r: run_config(config, r) for r in RUNS}
+EVAL_CFG = {r: run_config(config, r, evaluation=True) for r in RUNS}  # top-level scorer judges every run
 SHARDS = list(range(config["shards"]))
 BASE_MODEL = "results/base_model"
+PROMPTS = f"results/{TOP}/prompts"
 
 
-def _pick(section, *keys):
-    return {k: config[section][k] for k in keys}
+def iterations(run):
+    return list(range(1, RUN_CFG[run]["iterations"] + 1))
 
 
-# The config each rule's output depends on, passed as params: a change re-runs exactly the
-# affected jobs and their dependents (Snakemake's params rerun trigger); other edits re-run nothing.
-SETTINGS = {
-    "prepare_model": {"base_model": config["base_model"]},
-    "split_prompts": {"prompts": config["prompts"], "seed": config["seed"]},
-    "generate": {"generation": config["generation"], "seed": config["seed"], "shards": config["shards"],
-                 "algorithm": _pick("algorithm", "sampler", "mixture_coef", "conditioning"),
-                 "conditioning": config["conditioning"]},
-    "score": {"scorer": config["scorer"]},
-    "build_pairs": {"pairs": config["algorithm"]["pairs"]},
-    "logps": {"training": _pick("training", "max_length", "max_prompt_length"), "logps": config["logps"],
-              "shards": config["shards"], "loss": config["algorithm"]["loss"]},
-    "train": {"training": config["training"], "algorithm": config["algorithm"], "seed": config["seed"]},
-    "eval_generate": {"evaluation": config["evaluation"], "scorer": config["scorer"],
-                      "conditioning": config["conditioning"] if config["algorithm"]["conditioning"] else None},
-    "eval_metrics": {"scorer": config["scorer"]},
-}
+def _settings(cfg, ecfg):
+    """The config each rule's output depends on, passed as params: a change re-runs exactly the
+    affected jobs and their dependents (Snakemake's params rerun trigger); other edits re-run nothing."""
+    pick = lambda section, *keys: {k: cfg[section][k] for k in keys}
+    return {
+        "generate": {"generation": cfg["generation"], "seed": cfg["seed"], "shards": cfg["shards"],
+                     "algorithm": pick("algorithm", "sampler", "mixture_coef", "conditioning"),
+                     "conditioning": cfg["conditioning"]},
+        "score": {"scorer": cfg["scorer"]},
+        "build_pairs": {"pairs": cfg["algorithm"]["pairs"]},
+        "logps": {"training": pick("training", "max_length", "max_prompt_length"), "logps": cfg["logps"],
+                  "shards": cfg["shards"], "loss": cfg["algorithm"]["loss"]},
+        "train": {"training": {k: v for k, v in cfg["training"].items() if k != "report_to"},
+                  "algorithm": cfg["algorithm"], "seed": cfg["seed"]},
+        "eval_generate": {"evaluation": ecfg["evaluation"], "scorer": ecfg["scorer"],
+                          "conditioning": ecfg["conditioning"] if ecfg["algorithm"]["conditioning"] else None},
+        "eval_metrics": {"scorer": ecfg["scorer"]},
+    }
+
+
+SETTINGS = {r: _settings(RUN_CFG[r], EVAL_CFG[r]) for r in RUNS}
+SETTINGS_TOP = {"prepare_model": {"base_model": config["base_model"]},
+                "split_prompts": {"prompts": config["prompts"], "seed": config["seed"]}}
+
+
+def settings(stage):
+    """params function: the settings of one stage for the job's run."""
+    return lambda wildcards: SETTINGS[wildcards.run][stage]
+
+
+def _owners(key):
+    """Each run's owner: the first run (in config order) whose `key` is equal. Jobs whose settings
+    coincide run once, in the owner's folder, and every run with that owner reads them there."""
+    first, out = {}, {}
+    for r in RUNS:
+        out[r] = first.setdefault(json.dumps(key(r), sort_keys=True, default=str), r)
+    return out
+
+
+# Iteration 1 generates from the base model: runs with the same sampling settings share its samples,
+# and with the same scorer too its scores; runs evaluated alike share the base model's held-out responses.
+SAMPLES_OWNER = _owners(lambda r: [SETTINGS[r]["generate"], RUN_CFG[r]["initial_data"]])
+SCORES_OWNER = _owners(lambda r: [SETTINGS[r]["generate"], RUN_CFG[r]["initial_data"], SETTINGS[r]["score"]])
+EVAL_OWNER = _owners(lambda r: SETTINGS[r]["eval_generate"])
+
+
+def samples_run(run, t):
+    return SAMPLES_OWNER[run] if int(t) == 1 else run
+
+
+def scores_run(run, t):
+    return SCORES_OWNER[run] if int(t) == 1 else run
+
+
+def eval_run(run, t):
+    return EVAL_OWNER[run] if int(t) == 0 else run
+
 
 # Model-backed scorers (judge, reward model, GPM) get more threads and memory; one that reads the
 # converted base model (`model: base`) has it as an input.
-SCORER = scorer_config(config)
-SCORER_MODEL = any(c.type in ("judge", "gpm", "reward_model", "pairrm") for c in SCORER.components)
-SCORER_THREADS = 2 if SCORER_MODEL else 1
-SCORER_MEM_MB = 16000 if SCORER_MODEL else 4000
+def _is_model_scorer(sc):
+    return any(c.type in ("judge", "gpm", "reward_model", "pairrm") for c in sc.components)
+
+
+SCORER = {r: scorer_config(RUN_CFG[r]) for r in RUNS}
+EVAL_SCORER = scorer_config(config)
+SCORER_THREADS = lambda wildcards: 2 if _is_model_scorer(SCORER[wildcards.run]) else 1
+SCORER_MEM_MB = lambda wildcards: 16000 if _is_model_scorer(SCORER[wildcards.run]) else 4000
+EVAL_THREADS = 2 if _is_model_scorer(EVAL_SCORER) else 1
+EVAL_MEM_MB = 16000 if _is_model_scorer(EVAL_SCORER) else 4000
 
 
 wildcard_constraints:
-    run=RUN,
+    run="|".join(re.escape(r) for r in RUNS),
     iter=r"\d+",
     shard=r"\d+",
     ckpt=r"base|iter\d+",
@@ -86,10 +137,10 @@ def get_generator(wildcards):
 
 def get_generate_inputs(wildcards):
     """The generator π_{t-1}, the prompt pool, and for Nash-MD's mixture sampler the reference."""
-    t = int(wildcards.iter)
-    inputs = {"model": get_generator(wildcards), "pool": f"results/{wildcards.run}/prompts/pool.parquet"}
-    if config["algorithm"]["sampler"] == "mixture":
-        inputs["reference"] = model_dir(wildcards.run, iteration_roles(t, config["algorithm"])["reference"])
+    t, algo = int(wildcards.iter), RUN_CFG[wildcards.run]["algorithm"]
+    inputs = {"model": get_generator(wildcards), "pool": f"{PROMPTS}/pool.parquet"}
+    if algo["sampler"] == "mixture":
+        inputs["reference"] = model_dir(wildcards.run, iteration_roles(t, algo)["reference"])
     return inputs
 
 
@@ -105,74 +156,113 @@ def _logps_files(run, t, k):
 def get_train_logps(wildcards):
     """Every log-prob shard iteration t's roles (reference, history, anchor) need."""
     t = int(wildcards.iter)
-    return [f for k in checkpoints_needed(t, config["algorithm"]) for f in _logps_files(wildcards.run, t, k)]
+    algo = RUN_CFG[wildcards.run]["algorithm"]
+    return [f for k in checkpoints_needed(t, algo) for f in _logps_files(wildcards.run, t, k)]
 
 
 def get_logps_by_role(wildcards):
     t = int(wildcards.iter)
-    roles = iteration_roles(t, config["algorithm"])
+    roles = iteration_roles(t, RUN_CFG[wildcards.run]["algorithm"])
     return {"reference": _logps_files(wildcards.run, t, roles["reference"]),
             "history": [_logps_files(wildcards.run, t, k) for k in roles["history"]]}
 
 
 def get_roles(wildcards):
     """Checkpoint names per role, recorded in the trained model's provenance."""
-    roles = iteration_roles(int(wildcards.iter), config["algorithm"])
+    roles = iteration_roles(int(wildcards.iter), RUN_CFG[wildcards.run]["algorithm"])
     name = lambda k: "base_model" if k == 0 else f"{wildcards.run}/iter{k}"
     return {"generator": name(roles["generator"]), "reference": name(roles["reference"]),
             "history": [name(k) for k in roles["history"]]}
 
 
-def _scorer_model(inputs):
-    if SCORER.uses_base_model():
+def _scorer_model(inputs, scorer):
+    if scorer.uses_base_model():
         inputs["scorer_model"] = BASE_MODEL
     return inputs
 
 
 def get_score_inputs(wildcards):
-    return _scorer_model({"samples": f"results/{wildcards.run}/iter{wildcards.iter}/samples/shard{wildcards.shard}.parquet"})
+    run = samples_run(wildcards.run, wildcards.iter)
+    return _scorer_model({"samples": f"results/{run}/iter{wildcards.iter}/samples/shard{wildcards.shard}.parquet"},
+                         SCORER[wildcards.run])
 
 
 def get_samples(wildcards):
     return expand("results/{run}/iter{iter}/samples/shard{shard}.parquet",
-                  run=wildcards.run, iter=wildcards.iter, shard=SHARDS)
+                  run=samples_run(wildcards.run, wildcards.iter), iter=wildcards.iter, shard=SHARDS)
 
 
 def get_scores(wildcards):
     return expand("results/{run}/iter{iter}/scores/shard{shard}.parquet",
-                  run=wildcards.run, iter=wildcards.iter, shard=SHARDS)
+                  run=scores_run(wildcards.run, wildcards.iter), iter=wildcards.iter, shard=SHARDS)
+
+
+def eval_responses(run, t):
+    return f"results/{eval_run(run, t)}/iter{int(t)}/eval/responses.parquet"
 
 
 def get_eval_generate_inputs(wildcards):
     """The iterate, the held-out prompts, and a reward model that reads the base model."""
-    inputs = {"model": model_dir(wildcards.run, wildcards.iter),
-              "prompts": f"results/{wildcards.run}/prompts/eval.parquet"}
-    return inputs if SCORER.kind == "preference" else _scorer_model(inputs)
+    inputs = {"model": model_dir(wildcards.run, wildcards.iter), "prompts": f"{PROMPTS}/eval.parquet"}
+    return inputs if EVAL_SCORER.kind == "preference" else _scorer_model(inputs, EVAL_SCORER)
 
 
 def get_eval_inputs(wildcards):
     t = int(wildcards.iter)
-    inputs = {"current": f"results/{wildcards.run}/iter{t}/eval/responses.parquet"}
+    inputs = {"current": eval_responses(wildcards.run, t)}
     if t > 0:
-        inputs["base"] = f"results/{wildcards.run}/iter0/eval/responses.parquet"
-        inputs["previous"] = f"results/{wildcards.run}/iter{t - 1}/eval/responses.parquet"
-        if SCORER.kind == "preference":  # the judge compares the responses here
-            _scorer_model(inputs)
+        inputs["base"] = eval_responses(wildcards.run, 0)
+        inputs["previous"] = eval_responses(wildcards.run, t - 1)
+        if EVAL_SCORER.kind == "preference":  # the judge compares the responses here
+            _scorer_model(inputs, EVAL_SCORER)
     return inputs
 
 
+def eval_metrics_file(run, t):
+    return f"results/{eval_run(run, t)}/iter{int(t)}/eval/metrics.json"
+
+
 def get_all_eval_metrics(wildcards):
-    return expand("results/{run}/iter{iter}/eval/metrics.json", run=wildcards.run, iter=[0] + ITERATIONS)
+    return [eval_metrics_file(wildcards.run, t) for t in [0] + iterations(wildcards.run)]
 
 
 def get_all_eval_responses(wildcards):
-    return expand("results/{run}/iter{iter}/eval/responses.parquet", run=wildcards.run, iter=[0] + ITERATIONS)
+    return [eval_responses(wildcards.run, t) for t in [0] + iterations(wildcards.run)]
 
 
 def get_all_train_metrics(wildcards):
-    return expand("results/{run}/iter{iter}/train_metrics.csv", run=wildcards.run, iter=ITERATIONS)
+    return expand("results/{run}/iter{iter}/train_metrics.csv", run=wildcards.run, iter=iterations(wildcards.run))
+
+
+def get_export_inputs(wildcards):
+    return {"responses": eval_responses(wildcards.run, wildcards.iter)}
+
+
+def get_compare_inputs(wildcards):
+    """Every run's held-out responses and metrics per iteration, training metrics and iterates."""
+    inputs = {key: [f for files in get_compare_files().values() for f in files[key]]
+              for key in ("responses", "metrics", "train_metrics", "models")}
+    if EVAL_SCORER.kind == "preference":
+        _scorer_model(inputs, EVAL_SCORER)
+    return inputs
 
 
 def get_final_targets():
-    """The report plus every iterate, so that a deleted checkpoint is rebuilt (with its dependents)."""
-    return expand("results/{run}/report/summary.csv", run=RUN) + [model_dir(RUN, t) for t in ITERATIONS]
+    """Each run's report, exports and iterates (so that a deleted checkpoint is rebuilt with its
+    dependents), and with several runs the comparison."""
+    targets = []
+    for r in RUNS:
+        targets += [f"results/{r}/report/summary.csv"] + [model_dir(r, t) for t in iterations(r)]
+        targets += [f"results/{eval_run(r, t)}/iter{t}/eval/alpaca_eval.json" for t in [0] + iterations(r)]
+    if config["runs"]:
+        targets.append(f"results/{TOP}/compare/summary.csv")
+    return targets
+
+
+def get_compare_files():
+    """The compare job's inputs per run, as params (the script needs to know which file is whose)."""
+    return {r: {"responses": [eval_responses(r, t) for t in [0] + iterations(r)],
+                "metrics": [eval_metrics_file(r, t) for t in [0] + iterations(r)],
+                "train_metrics": [f"results/{r}/iter{t}/train_metrics.csv" for t in iterations(r)],
+                "models": [model_dir(r, t) for t in iterations(r)]}
+            for r in RUNS}

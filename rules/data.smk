@@ -3,7 +3,7 @@ rule prepare_model:
     output:
         model=directory("results/base_model"),
     params:
-        settings=SETTINGS["prepare_model"],
+        settings=SETTINGS_TOP["prepare_model"],
     log:
         "logs/base_model/prepare_model.log",
     benchmark:
@@ -22,14 +22,14 @@ rule split_prompts:
     input:
         prompts=config["prompts"]["path"],
     output:
-        eval="results/{run}/prompts/eval.parquet",
-        pool="results/{run}/prompts/pool.parquet",
+        eval=f"{PROMPTS}/eval.parquet",
+        pool=f"{PROMPTS}/pool.parquet",
     params:
-        settings=SETTINGS["split_prompts"],
+        settings=SETTINGS_TOP["split_prompts"],
     log:
-        "logs/{run}/prompts/split_prompts.log",
+        f"logs/{TOP}/prompts/split_prompts.log",
     benchmark:
-        "logs/{run}/prompts/split_prompts.benchmark.tsv"
+        f"logs/{TOP}/prompts/split_prompts.benchmark.tsv"
     threads: 1
     resources:
         gpu=0,

@@ -5,7 +5,7 @@ rule eval_generate:
     output:
         responses="results/{run}/iter{iter}/eval/responses.parquet",
     params:
-        settings=SETTINGS["eval_generate"],
+        settings=settings("eval_generate"),
     log:
         "logs/{run}/iter{iter}/eval/generate.log",
     benchmark:
@@ -26,15 +26,35 @@ rule eval_metrics:
     output:
         metrics="results/{run}/iter{iter}/eval/metrics.json",
     params:
-        settings=SETTINGS["eval_metrics"],
+        settings=settings("eval_metrics"),
     log:
         "logs/{run}/iter{iter}/eval/metrics.log",
     benchmark:
         "logs/{run}/iter{iter}/eval/metrics.benchmark.tsv"
-    threads: SCORER_THREADS
+    threads: EVAL_THREADS
     resources:
         gpu=0,
-        mem_mb=SCORER_MEM_MB,
+        mem_mb=EVAL_MEM_MB,
         runtime=10,
     script:
         "../workflow/scripts/eval_metrics.py"
+
+
+rule export_answers:
+    """Iterate t's held-out responses in AlpacaEval's and MT-Bench's answer formats."""
+    input:
+        unpack(get_export_inputs),
+    output:
+        alpaca_eval="results/{run}/iter{iter}/eval/alpaca_eval.json",
+        mt_bench="results/{run}/iter{iter}/eval/mt_bench_answers.jsonl",
+    log:
+        "logs/{run}/iter{iter}/eval/export.log",
+    benchmark:
+        "logs/{run}/iter{iter}/eval/export.benchmark.tsv"
+    threads: 1
+    resources:
+        gpu=0,
+        mem_mb=1000,
+        runtime=5,
+    script:
+        "../workflow/scripts/export_answers.py"

@@ -5,7 +5,7 @@ rule generate:
     output:
         samples="results/{run}/iter{iter}/samples/shard{shard}.parquet",
     params:
-        settings=SETTINGS["generate"],
+        settings=settings("generate"),
     log:
         "logs/{run}/iter{iter}/generate/shard{shard}.log",
     benchmark:

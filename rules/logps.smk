@@ -7,7 +7,7 @@ rule logps:
     output:
         logps="results/{run}/iter{iter}/logps/{ckpt}/shard{shard}.parquet",
     params:
-        settings=SETTINGS["logps"],
+        settings=settings("logps"),
     log:
         "logs/{run}/iter{iter}/logps/{ckpt}_shard{shard}.log",
     benchmark:

@@ -6,7 +6,7 @@ rule build_pairs:
     output:
         pairs="results/{run}/iter{iter}/pairs.parquet",
     params:
-        settings=SETTINGS["build_pairs"],
+        settings=settings("build_pairs"),
     log:
         "logs/{run}/iter{iter}/build_pairs.log",
     benchmark:

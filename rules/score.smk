@@ -5,7 +5,7 @@ rule score:
     output:
         scores="results/{run}/iter{iter}/scores/shard{shard}.parquet",
     params:
-        settings=SETTINGS["score"],
+        settings=settings("score"),
     log:
         "logs/{run}/iter{iter}/score/shard{shard}.log",
     benchmark:

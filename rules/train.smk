@@ -8,7 +8,7 @@ rule train:
         model=directory("results/{run}/iter{iter}/model"),
         metrics="results/{run}/iter{iter}/train_metrics.csv",
     params:
-        settings=SETTINGS["train"],
+        settings=settings("train"),
         logps=get_logps_by_role,
         roles=get_roles,
     log:

@@ -33,8 +33,8 @@ def test_dry_run_three_iterations_two_shards(tmp_path, fake_model):
     out = snakemake(tmp_path, "-n", "--forceall").stdout
     assert job_counts(out) == {
         "prepare_model": 1, "split_prompts": 1, "generate": 6, "score": 6, "build_pairs": 3,
-        "logps": 6, "train": 3, "eval_generate": 4, "eval_metrics": 4, "report": 1,
-        "all": 1, "total": 36,
+        "logps": 6, "train": 3, "eval_generate": 4, "eval_metrics": 4, "export_answers": 4, "report": 1,
+        "all": 1, "total": 40,
     }
     assert not (tmp_path / "results").exists()
 
@@ -150,3 +150,46 @@ def test_iteration_one_from_an_existing_preference_dataset(tmp_path, fake_model)
     assert all("iter=2" in j["wildcards"] for j in gens) and len(gens) == 2
     imports = [j for j in jobs if j["rule"] == "import_initial"]
     assert len(imports) == 2 and not [j for j in jobs if j["rule"] == "score" and "iter=1" in j["wildcards"]]
+
+
+def test_runs_share_iteration_one_and_the_base_evaluation(tmp_path, fake_model):
+    """Three runs in one DAG: what their settings have in common is one job, in the first run's folder."""
+    cfg = tiny_config(fake_model, iterations=2, shards=2)
+    cfg["run"] = "cmp"
+    cfg["runs"] = {"dpo": {"algorithm": {"name": "dpo"}}, "sppo": {"algorithm": {"name": "sppo"}},
+                   "hot": {"algorithm": {"name": "dpo"}, "generation": {"temperature": 1.2}}}
+    write_config(tmp_path, cfg)
+    out = snakemake(tmp_path, "-n", "--forceall").stdout
+    counts = job_counts(out)
+    # iteration 1: dpo and sppo share samples and scores; hot samples its own. Base eval: one job.
+    assert counts["generate"] == 2 * 2 + 3 * 2  # iteration 1: two sample sets; iteration 2: three
+    assert counts["score"] == counts["generate"]
+    assert counts["eval_generate"] == 1 + 3 * 2 and counts["compare"] == 1 and counts["report"] == 3
+    jobs = dry_run_jobs(out)
+    gen1 = sorted(j["output"] for j in jobs if j["rule"] == "generate" and "/iter1/" in j["output"])
+    assert gen1 == [f"results/cmp/{r}/iter1/samples/shard{s}.parquet" for r in ("dpo", "hot") for s in (0, 1)]
+    sppo_pairs = next(j for j in jobs if j["rule"] == "build_pairs" and j["output"] == "results/cmp/sppo/iter1/pairs.parquet")
+    assert "results/cmp/dpo/iter1/scores/shard0.parquet" in sppo_pairs["input"]
+    compare = next(j for j in jobs if j["rule"] == "compare")
+    assert "results/cmp/dpo/iter0/eval/responses.parquet" in compare["input"]
+    assert "results/cmp/sppo/iter0/eval" not in compare["input"]
+
+
+def test_rerun_one_iteration_of_one_run_builds_nothing_else(tmp_path, fake_model):
+    cfg = tiny_config(fake_model, iterations=2, shards=1)
+    cfg["run"] = "cmp"
+    cfg["runs"] = {"a": {}, "b": {"training": {"learning_rate": 1.0e-4}}}
+    write_config(tmp_path, cfg)
+    out = snakemake(tmp_path, "-n", "--forceall", "results/cmp/b/iter1/model").stdout
+    jobs = dry_run_jobs(out)
+    trains = [j["output"] for j in jobs if j["rule"] == "train"]
+    assert trains == ["results/cmp/b/iter1/model, results/cmp/b/iter1/train_metrics.csv"]
+    assert not any("/cmp/b/iter2" in j.get("output", "") for j in jobs)
+
+
+def test_run_overrides_rejected_with_the_key(tmp_path, fake_model):
+    cfg = tiny_config(fake_model)
+    cfg["runs"] = {"a": {"prompts": {"eval_size": 3}}}
+    write_config(tmp_path, cfg)
+    res = snakemake(tmp_path, "-n", check=False)
+    assert res.returncode != 0 and "runs.a.prompts" in res.stderr

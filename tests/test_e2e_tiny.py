@@ -60,7 +60,8 @@ def test_rerun_does_nothing_and_deleting_a_model_redoes_only_dependents(full_run
     # A changed setting re-runs exactly the jobs that depend on it (params rerun trigger).
     changed = write_config(full_run / "changed", tiny_config(tiny_model_dir, evaluation={"temperature": 0.3}))
     counts = job_counts(snakemake(full_run, "-n", config=changed).stdout)
-    assert counts == {"eval_generate": 3, "eval_metrics": 3, "report": 1, "all": 1, "total": 8}
+    assert counts == {"eval_generate": 3, "eval_metrics": 3, "export_answers": 3, "report": 1, "all": 1,
+                      "total": 11}
     changed = write_config(full_run / "changed", tiny_config(tiny_model_dir, algorithm={"name": "dpo", "beta": 0.2}))
     counts = job_counts(snakemake(full_run, "-n", config=changed).stdout)
     assert counts["train"] == 2 and counts["generate"] == 2 and "split_prompts" not in counts
@@ -68,7 +69,8 @@ def test_rerun_does_nothing_and_deleting_a_model_redoes_only_dependents(full_run
 
     shutil.rmtree(full_run / "results" / "tiny" / "iter2" / "model")
     counts = job_counts(snakemake(full_run, "-n").stdout)
-    assert counts == {"train": 1, "eval_generate": 1, "eval_metrics": 1, "report": 1, "all": 1, "total": 5}
+    assert counts == {"train": 1, "eval_generate": 1, "eval_metrics": 1, "export_answers": 1, "report": 1,
+                      "all": 1, "total": 6}
 
 
 def test_report_html(full_run):

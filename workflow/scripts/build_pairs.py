@@ -1,6 +1,7 @@
 from nashflow import stages
+from nashflow.config import job_config
 from nashflow.logutil import job_logging
 
 with job_logging(snakemake.log[0]):
-    stages.pairs(snakemake.config, samples_paths=list(snakemake.input.samples),
+    stages.pairs(job_config(snakemake), samples_paths=list(snakemake.input.samples),
                  scores_paths=list(snakemake.input.scores), out=snakemake.output.pairs)

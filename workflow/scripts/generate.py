@@ -1,8 +1,9 @@
 from nashflow import stages
+from nashflow.config import job_config
 from nashflow.logutil import job_logging
 
 with job_logging(snakemake.log[0]):
-    stages.generate(snakemake.config, iteration=int(snakemake.wildcards.iter), shard=int(snakemake.wildcards.shard),
+    stages.generate(job_config(snakemake), iteration=int(snakemake.wildcards.iter), shard=int(snakemake.wildcards.shard),
                     model_dir=snakemake.input.model, pool_path=snakemake.input.pool,
                     reference_dir=snakemake.input.get("reference"), out=snakemake.output.samples,
                     threads=snakemake.threads)

@@ -1,6 +1,7 @@
 from nashflow import stages
+from nashflow.config import job_config
 from nashflow.logutil import job_logging
 
 with job_logging(snakemake.log[0]):
-    stages.import_initial(snakemake.config, shard=int(snakemake.wildcards.shard),
+    stages.import_initial(job_config(snakemake), shard=int(snakemake.wildcards.shard),
                           samples_out=snakemake.output.samples, scores_out=snakemake.output.scores)

@@ -1,6 +1,7 @@
 from nashflow import stages
+from nashflow.config import job_config
 from nashflow.logutil import job_logging
 
 with job_logging(snakemake.log[0]):
-    stages.score(snakemake.config, samples_path=snakemake.input.samples, out=snakemake.output.scores,
+    stages.score(job_config(snakemake), samples_path=snakemake.input.samples, out=snakemake.output.scores,
                  base_model_dir=snakemake.input.get("scorer_model"), threads=snakemake.threads)

@@ -1,8 +1,9 @@
 from nashflow import stages
+from nashflow.config import job_config
 from nashflow.logutil import job_logging
 
 with job_logging(snakemake.log[0]):
-    stages.train(snakemake.config, policy_dir=snakemake.input.policy, pairs_path=snakemake.input.pairs,
+    stages.train(job_config(snakemake), policy_dir=snakemake.input.policy, pairs_path=snakemake.input.pairs,
                  logps=snakemake.params.logps, roles=snakemake.params.roles, out_dir=snakemake.output.model,
                  metrics_path=snakemake.output.metrics, n_gpus=int(snakemake.resources.gpu),
                  threads=snakemake.threads, log_path=snakemake.log[0])
