@@ -40,3 +40,46 @@ def test_schema_documents_every_key():
 def test_bad_configs_name_the_key(cfg, match):
     with pytest.raises(ConfigError, match=match.replace("(", r"\(").replace(")", r"\)")):
         validate_config(cfg, SCHEMA)
+
+
+def _default():
+    return yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def test_runs_resolve_each_preset_and_merge_the_rest():
+    from nashflow.config import run_config, run_ids
+
+    cfg = _default()
+    cfg["run"] = "cmp"
+    cfg["algorithm"] = {"name": "dpo", "beta": 0.3}
+    cfg["runs"] = {"a": {}, "b": {"algorithm": {"name": "sppo"}, "training": {"learning_rate": 1.0e-6}},
+                   "c": {"scorer": {"components": [{"type": "length"}]}}}
+    v = validate_config(cfg, SCHEMA)
+    assert run_ids(v) == ["cmp/a", "cmp/b", "cmp/c"]
+    a, b = run_config(v, "cmp/a"), run_config(v, "cmp/b")
+    assert a["algorithm"]["beta"] == 0.3 and a["algorithm"]["loss"] == "dpo"
+    # b's algorithm section replaces the top-level one: SPPO's preset, not DPO's beta
+    assert b["algorithm"]["loss"] == "sppo" and b["algorithm"]["beta"] != 0.3
+    assert b["training"]["learning_rate"] == 1.0e-6 and b["training"]["epochs"] == v["training"]["epochs"]
+    # evaluation uses the top-level scorer for every run
+    c = run_config(v, "cmp/c")
+    assert c["scorer"]["components"][0]["type"] == "length"
+    assert run_config(v, "cmp/c", evaluation=True)["scorer"] == v["scorer"]
+    with pytest.raises(ConfigError, match="no run 'cmp/x'"):
+        run_config(v, "cmp/x")
+    assert run_ids(validate_config(_default(), SCHEMA)) == ["default"]
+
+
+@pytest.mark.parametrize("runs,match", [
+    ({"compare": {}}, "runs.compare.*reserved"),
+    ({"a": {"base_model": {"path": "x"}}}, "unknown config key 'runs.a.base_model'"),
+    ({"a": {"training": {"learning_rate": -1}}}, "runs.a.training.learning_rate"),
+    ({"a": {"algorithm": {"name": "nope"}}}, "runs.a.algorithm.name"),
+    ({"a": {"algorithm": {"name": "ipo", "history": -1}}}, "runs.a.algorithm.history"),
+    ({"a b": {}}, "runs"),
+])
+def test_bad_runs_name_the_key(runs, match):
+    cfg = _default()
+    cfg["runs"] = runs
+    with pytest.raises(ConfigError, match=match):
+        validate_config(cfg, SCHEMA)

@@ -168,7 +168,8 @@ def test_runs_share_iteration_one_and_the_base_evaluation(tmp_path, fake_model):
     jobs = dry_run_jobs(out)
     gen1 = sorted(j["output"] for j in jobs if j["rule"] == "generate" and "/iter1/" in j["output"])
     assert gen1 == [f"results/cmp/{r}/iter1/samples/shard{s}.parquet" for r in ("dpo", "hot") for s in (0, 1)]
-    sppo_pairs = next(j for j in jobs if j["rule"] == "build_pairs" and j["output"] == "results/cmp/sppo/iter1/pairs.parquet")
+    sppo_pairs = next(j for j in jobs
+                      if j["rule"] == "build_pairs" and j["output"] == "results/cmp/sppo/iter1/pairs.parquet")
     assert "results/cmp/dpo/iter1/scores/shard0.parquet" in sppo_pairs["input"]
     compare = next(j for j in jobs if j["rule"] == "compare")
     assert "results/cmp/dpo/iter0/eval/responses.parquet" in compare["input"]
