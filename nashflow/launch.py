@@ -33,6 +33,19 @@ def accelerate_command(n_gpus: int, spec_path: str, accelerate_config: str | Non
     return cmd
 
 
+def die_with_parent() -> None:
+    """Linux: the trainer gets SIGKILL when the job process dies (a killed job leaves no orphan
+    that would go on writing its outputs)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
 def launch_training(spec: dict[str, Any], *, n_gpus: int, log_path: str | None = None,
                     accelerate_config: str | None = None, mixed_precision: str = "no") -> None:
     """Write ``spec`` to a temporary JSON file and run the trainer under accelerate."""
@@ -46,7 +59,8 @@ def launch_training(spec: dict[str, Any], *, n_gpus: int, log_path: str | None =
     try:
         out = open(log_path, "a") if log_path else None
         try:
-            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT if out else None, env=env)
+            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT if out else None, env=env,
+                                  preexec_fn=die_with_parent)
         finally:
             if out:
                 out.close()

@@ -27,9 +27,16 @@ log = logging.getLogger(__name__)
 
 
 def checkpoint_name(model_dir: str) -> str:
-    """A readable checkpoint id: ``base`` or ``<run>/iter<t>``."""
+    """A readable checkpoint id: ``base_model`` or ``<run>/iter<t>`` (``<run>`` may hold a slash:
+    ``<comparison>/<name>``), the path under ``results/`` without ``/model``."""
     p = Path(model_dir)
-    return f"{p.parent.parent.name}/{p.parent.name}" if p.name == "model" else p.name
+    if p.name != "model":
+        return p.name
+    parts = p.parent.parts
+    if "results" in parts:
+        i = len(parts) - 1 - parts[::-1].index("results")
+        return "/".join(parts[i + 1:])
+    return f"{p.parent.parent.name}/{p.parent.name}"
 
 
 def prepare_model(cfg: dict, out_dir: str) -> None:
@@ -212,6 +219,8 @@ def train(cfg: dict, *, policy_dir: str, pairs_path: str, logps: dict, roles: di
         # TensorBoard event files beside the job's log (logs/ is never deleted by Snakemake):
         # `tensorboard --logdir logs` shows every run and iteration.
         "tensorboard_dir": str(Path(log_path).parent / "tensorboard") if log_path else None,
+        # resumable state beside the declared outputs, which Snakemake removes when a job fails
+        "state_dir": str(Path(out_dir).parent / "train_state"),
     }
     launch_training(spec, n_gpus=n_gpus, log_path=log_path, mixed_precision=cfg["training"]["mixed_precision"])
 

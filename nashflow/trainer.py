@@ -48,6 +48,7 @@ class TrainConfig:
     max_prompt_length: int = 256
     gradient_checkpointing: bool = False
     report_to: tuple[str, ...] = ("tensorboard",)  # besides the CSV: tensorboard, wandb
+    checkpoint_every: int = 50  # optimizer steps between resumable training states (0: never)
     seed: int = 0
 
     def __post_init__(self):
@@ -196,6 +197,59 @@ class PairBatches:
         return losses, kw, int(attn.sum())
 
 
+class TrainState:
+    """A resumable training state outside the job's declared outputs (Snakemake deletes those when a
+    job fails): weights, optimizer, scheduler, step, metric rows, the best validation state and the
+    RNG state, in one file written atomically every ``checkpoint_every`` optimizer steps and loaded
+    with ``torch.load(weights_only=True)`` (no pickled code). A state is used only when its
+    fingerprint (inputs and settings) matches; it is removed once the model is saved."""
+
+    def __init__(self, folder: str | None, fingerprint: str):
+        self.path = Path(folder) / "state.pt" if folder else None
+        self.fingerprint = fingerprint
+
+    def load(self) -> dict[str, Any] | None:
+        if self.path is None or not self.path.exists():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a torn file cannot happen (atomic rename), a foreign one can
+            log.warning("ignoring unreadable training state %s: %s", self.path, err)
+            return None
+        if state.get("fingerprint") != self.fingerprint:
+            log.warning("ignoring training state %s: it was made with other inputs or settings", self.path)
+            return None
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        from nashflow.io import atomic_path
+
+        with atomic_path(self.path) as tmp:
+            torch.save({**state, "fingerprint": self.fingerprint}, tmp)
+
+    def clear(self) -> None:
+        if self.path is not None and self.path.exists():
+            import shutil
+
+            shutil.rmtree(self.path.parent, ignore_errors=True)
+
+
+def _fingerprint(*parts: Any) -> str:
+    import json
+
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _file_digest(path: str) -> str:
+    p = Path(path)
+    if not p.exists():
+        return ""
+    st = p.stat()
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
 class MetricWriters:
     """Per-step metrics to TensorBoard (event files under ``log_dir``) and optionally wandb, besides the
     CSV that the trainer always writes. wandb is imported only when asked for, offline unless
@@ -236,11 +290,12 @@ class MetricWriters:
 
 def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_dir: str, metrics_path: str,
           train_cfg: TrainConfig, loss_cfg: LossConfig, parents: dict[str, Any] | None = None,
-          progress: bool = True, tensorboard_dir: str | None = None) -> None:
+          progress: bool = True, tensorboard_dir: str | None = None, state_dir: str | None = None) -> None:
     """Train the policy initialised from ``policy_path`` on the pairs; save a safetensors folder.
 
     Metrics per optimizer step go to ``metrics_path`` (CSV) and, per ``train_cfg.report_to``, to
-    TensorBoard event files in ``tensorboard_dir`` and to wandb."""
+    TensorBoard event files in ``tensorboard_dir`` and to wandb. With ``state_dir`` a killed job
+    resumes from its last saved state (see :class:`TrainState`) instead of restarting."""
     from accelerate import Accelerator
 
     from nashflow.models import load_model, load_tokenizer
@@ -301,8 +356,22 @@ def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_di
 
     rows: list[dict[str, Any]] = []
     step, t0, tokens = 0, time.time(), 0
-    best: dict[str, Any] = {"val_loss": validation_loss() if val else None, "step": 0, "state": None}
-    bar = tqdm(total=total_steps, desc="train", unit="step", disable=not (progress and acc.is_main_process))
+    saver = TrainState(state_dir, _fingerprint(policy_path, _file_digest(str(Path(policy_path) / "model.safetensors")),
+                                               pairs_path, _file_digest(pairs_path), logps, asdict(train_cfg),
+                                               asdict(loss_cfg), world))
+    resumed = saver.load()
+    if resumed is not None:
+        acc.unwrap_model(model).load_state_dict(resumed["model"])
+        opt.load_state_dict(resumed["optimizer"])
+        sched.load_state_dict(resumed["scheduler"])
+        step, rows, tokens = int(resumed["step"]), list(resumed["rows"]), int(resumed["tokens"])
+        best = {"val_loss": resumed["best_val_loss"], "step": int(resumed["best_step"]), "state": resumed["best_state"]}
+        log.info("resumed from the training state at optimizer step %d of %d (%s)", step, total_steps, saver.path)
+    else:
+        best = {"val_loss": validation_loss() if val else None, "step": 0, "state": None}
+    skip = step * train_cfg.grad_accum  # micro-batches already done: the batch order is a function of the seed
+    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step",
+               disable=not (progress and acc.is_main_process))
     writers = MetricWriters(train_cfg.report_to if acc.is_main_process else (), tensorboard_dir,
                             name=str((parents or {}).get("generator", output_dir)),
                             config={"train": asdict(train_cfg), "loss": asdict(loss_cfg)})
@@ -312,6 +381,9 @@ def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_di
         mine = mine[: steps_per_epoch * train_cfg.grad_accum]
         acc_stats: list[dict[str, float]] = []
         for idx in mine:
+            if skip > 0:
+                skip -= 1
+                continue
             with acc.accumulate(model):
                 losses, kw, n_tok = data.loss(model, idx, loss_fn, acc.device)
                 loss = losses.mean()
@@ -351,6 +423,12 @@ def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_di
                                            for k, v in acc.unwrap_model(model).state_dict().items()})
                 rows.append(row)
                 writers.write(row)
+                every = train_cfg.checkpoint_every
+                if every and step % every == 0 and step < total_steps and acc.is_main_process:
+                    saver.save({"model": acc.unwrap_model(model).state_dict(), "optimizer": opt.state_dict(),
+                                "scheduler": sched.state_dict(), "step": step, "rows": rows, "tokens": tokens,
+                                "best_val_loss": best["val_loss"], "best_step": best["step"],
+                                "best_state": best["state"]})
                 bar.set_postfix(loss=f"{stats['loss']:.4f}", acc=f"{stats['rewards_accuracy']:.2f}")
                 bar.update(1)
     bar.close()
@@ -380,6 +458,7 @@ def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_di
                                   config={"train": asdict(train_cfg), "loss": asdict(loss_cfg)},
                                   seed=train_cfg.seed, role="policy", n_pairs=len(df), steps=step,
                                   processes=world, **extra), tmp / "provenance.json")
+        saver.clear()
     acc.wait_for_everyone()
 
 
@@ -393,6 +472,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--spec", required=True, help="JSON file with the train() arguments")
     args = ap.parse_args(argv)
+    from nashflow.launch import die_with_parent
+
+    die_with_parent()  # accelerate's launcher is our parent; it dies with the job (see launch.py)
     spec = json.loads(Path(args.spec).read_text())
     threads = spec.pop("threads", None)
     if threads:

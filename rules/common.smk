@@ -54,7 +54,7 @@ def _settings(cfg, ecfg):
         "build_pairs": {"pairs": cfg["algorithm"]["pairs"]},
         "logps": {"training": pick("training", "max_length", "max_prompt_length"), "logps": cfg["logps"],
                   "shards": cfg["shards"], "loss": cfg["algorithm"]["loss"]},
-        "train": {"training": {k: v for k, v in cfg["training"].items() if k != "report_to"},
+        "train": {"training": {k: v for k, v in cfg["training"].items() if k not in ("report_to", "checkpoint_every")},
                   "algorithm": cfg["algorithm"], "seed": cfg["seed"]},
         "eval_generate": {"evaluation": ecfg["evaluation"], "scorer": ecfg["scorer"],
                           "conditioning": ecfg["conditioning"] if ecfg["algorithm"]["conditioning"] else None},

@@ -150,7 +150,7 @@ def tiny_config(model_dir: Path, **overrides) -> dict:
         "scorer": {"components": [{"type": "length", "args": {"scale": 10}}]},
         "algorithm": {"name": "dpo", "beta": 0.1},
         "training": {"learning_rate": 1.0e-3, "epochs": 1, "batch_size": 2, "max_length": 96,
-                     "max_prompt_length": 64},
+                     "max_prompt_length": 64, "checkpoint_every": 1},
         "evaluation": {"max_new_tokens": 12, "batch_size": 8},
     }
     for key, value in overrides.items():

@@ -40,7 +40,7 @@ def test_shared_jobs_ran_once(compared):
     shared = pd.read_parquet(res / "dpo" / "iter1" / "samples" / "shard0.parquet")
     assert set(pairs.chosen) <= set(shared.response)
     prov = json.loads((res / "sppo" / "iter2" / "model" / "provenance.json").read_text())
-    assert prov["parents"]["policy_init"] == "sppo/iter1"
+    assert prov["parents"]["policy_init"] == "cmp/sppo/iter1"
     assert "Nothing to be done" in snakemake(wd, "-n").stdout
 
 
@@ -64,7 +64,7 @@ def test_comparison_outputs(compared):
     assert html.count("<tr>") == 1 + 8 and "sppo iter 2" in html and "dpo iter 1" in html
     runs = yaml.safe_load((cmp / "runs.yaml").read_text())
     assert runs["runs"]["sppo"]["config"]["algorithm"]["loss"] == "sppo"
-    assert runs["runs"]["dpo"]["checkpoints"]["dpo/iter2"]["parents"]["reference"] == "base_model"
+    assert runs["runs"]["dpo"]["checkpoints"]["cmp/dpo/iter2"]["parents"]["reference"] == "base_model"
 
 
 def test_exports_and_tensorboard(compared):
@@ -72,10 +72,10 @@ def test_exports_and_tensorboard(compared):
     res = wd / "results" / "cmp"
     alpaca = json.loads((res / "dpo" / "iter2" / "eval" / "alpaca_eval.json").read_text())
     assert len(alpaca) == 8 and set(alpaca[0]) == {"instruction", "output", "generator", "dataset"}
-    assert alpaca[0]["generator"] == "dpo/iter2"
+    assert alpaca[0]["generator"] == "cmp/dpo/iter2"
     lines = (res / "sppo" / "iter1" / "eval" / "mt_bench_answers.jsonl").read_text().splitlines()
     rec = json.loads(lines[0])
-    assert len(lines) == 8 and rec["choices"][0]["turns"][0] and rec["model_id"] == "sppo/iter1"
+    assert len(lines) == 8 and rec["choices"][0]["turns"][0] and rec["model_id"] == "cmp/sppo/iter1"
     assert (res / "dpo" / "iter0" / "eval" / "alpaca_eval.json").exists()  # the shared base, once
     events = list((wd / "logs" / "cmp" / "sppo" / "iter2" / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 200

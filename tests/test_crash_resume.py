@@ -1,0 +1,103 @@
+"""Crash anywhere and resume: each job type is SIGKILLed at a random moment in one tiny run, the
+same command is re-run after each kill, and at the end every deterministic output is byte-identical
+to an uninterrupted run's and nothing that had finished was recomputed.
+
+The kills come from outside, as a node failure or an OOM killer would: the job's process (the
+`.snakemake/scripts/*.<script>.py` one) gets SIGKILL; its children (the trainer under accelerate)
+die with it. Training is killed after it saved a resumable state and must resume from it.
+"""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, snakemake, tiny_config, write_config
+from test_e2e_tiny import full_run  # noqa: F401  (the uninterrupted reference run, module fixture)
+
+pytestmark = pytest.mark.slow
+
+JOBS = ["generate", "score", "build_pairs", "logps", "train", "eval_generate"]
+
+
+def job_pids(wd: Path, script: str) -> list[int]:
+    """Processes running `<script>.py` of a Snakemake job in workdir ``wd``."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+            cwd = os.readlink(d / "cwd")
+        except OSError:
+            continue
+        if cwd == str(wd) and any(c.decode(errors="ignore").endswith(f".{script}.py") for c in cmd):
+            pids.append(int(d.name))
+    return pids
+
+
+def outputs(wd: Path) -> dict[str, int]:
+    """Finished outputs (tables, model weights) and their mtimes."""
+    res = wd / "results"
+    files = list(res.rglob("*.parquet")) + list(res.rglob("model.safetensors"))
+    return {str(p.relative_to(wd)): p.stat().st_mtime_ns for p in files if ".tmp" not in p.name}
+
+
+def deterministic(wd: Path) -> dict[str, bytes]:
+    res = wd / "results"
+    files = sorted(res.rglob("*.parquet")) + sorted(res.rglob("model.safetensors"))
+    return {str(p.relative_to(wd)): p.read_bytes() for p in files}
+
+
+def run_and_kill(wd: Path, script: str, rng: random.Random, ready=None, timeout: float = 600) -> str:
+    """Start the whole run; SIGKILL the first `script` job at a random moment; wait for Snakemake."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(wd),
+           "--configfile", str(wd / "config.yaml"), "--cores", "2", "--rerun-incomplete"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline, killed = time.time() + timeout, None
+    while killed is None and time.time() < deadline and proc.poll() is None:
+        pids = job_pids(wd, script)
+        if pids and (ready is None or ready()):
+            time.sleep(rng.uniform(0.0, 0.1 if ready else 0.8))  # a random moment of the job's life
+            for pid in job_pids(wd, script):
+                os.kill(pid, signal.SIGKILL)
+                killed = pid
+        time.sleep(0.05)
+    out, _ = proc.communicate(timeout=timeout)
+    assert killed is not None, f"never caught a running {script} job:\n{out[-3000:]}"
+    assert proc.returncode != 0, f"the run survived the kill of {script}"
+    return out
+
+
+def test_kill_each_job_type_then_resume(full_run, tmp_path, tiny_model_dir):  # noqa: F811
+    wd = tmp_path / "crashy"
+    write_config(wd, tiny_config(tiny_model_dir))
+    rng = random.Random(20261121)
+    train_state = lambda: any(wd.glob("results/tiny/iter*/train_state/state.pt"))
+    history = []
+    for script in JOBS:
+        before = outputs(wd)
+        run_and_kill(wd, script, rng, ready=train_state if script == "train" else None)
+        after = outputs(wd)
+        # nothing that had finished before this attempt was rewritten by it
+        changed = [p for p, m in before.items() if after.get(p) != m]
+        assert not changed, f"finished outputs recomputed after killing {script}: {changed}"
+        history.append((script, len(after)))
+    before = outputs(wd)
+    final = snakemake(wd, "--cores", "2", "--rerun-incomplete")
+    assert "Nothing to be done" not in final.stdout
+    after = outputs(wd)
+    assert not [p for p, m in before.items() if after[p] != m], "finished outputs were recomputed"
+    # training was killed after saving a state and resumed from it; the state is gone once done
+    logs = "".join(p.read_text() for p in (wd / "logs" / "tiny").glob("iter*/train.log"))
+    assert "resumed from the training state at optimizer step" in logs
+    assert not list(wd.glob("results/tiny/iter*/train_state/state.pt"))
+    a, b = deterministic(full_run), deterministic(wd)
+    assert a.keys() == b.keys()
+    different = [k for k in a if a[k] != b[k]]
+    assert not different, f"outputs differ from the uninterrupted run: {different}"
+    assert [s for s, _ in history] == JOBS
