@@ -122,6 +122,15 @@ def _validate_one(config: dict, schema_path: str | Path) -> dict:
         cfg["algorithm"] = resolve_algorithm(cfg["algorithm"])
     except (ValueError, KeyError) as err:
         raise ConfigError(f"config: {str(err).strip(chr(39))}") from err
+    # The history queue fills as iterations go (MNPO: T' = min(players available, H)); more players
+    # than iterations can never be filled and is a mistake.
+    algo = cfg["algorithm"]
+    if algo["history"] > cfg["iterations"]:
+        most = cfg["iterations"] - 1 + (1 if algo["history_includes_base"] else 0)
+        raise ConfigError(
+            f"config key 'algorithm.history': {algo['history']} history players but only {cfg['iterations']} "
+            f"iteration(s): the last one has {most} earlier checkpoint(s) to use; lower algorithm.history "
+            "or raise iterations")
     # Cross-field rules that JSON Schema does not express, checked by the dataclasses.
     for build in (prompts_config, base_model_config, sampling_config, eval_sampling_config, train_config,
                   loss_config, scorer_config):

@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from nashflow.errors import DataError
 from nashflow.seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -69,11 +70,17 @@ def generate_samples(model, tokenizer, prompts: pd.DataFrame, cfg: SamplingConfi
     (``sampler`` = ``mixture``); sample indices start at ``sample_offset``.
     """
     device = next(model.parameters()).device
+    context = getattr(model.config, "max_position_embeddings", None)
     encoded = []
     for pid, msgs in zip(prompts["prompt_id"], prompts["messages"]):
         ids = encode_prompt(tokenizer, list(msgs))
         if len(ids) > cfg.max_prompt_length:
             ids = ids[-cfg.max_prompt_length:]  # keep the end: the question and the assistant header
+        if context and len(ids) + cfg.max_new_tokens > context:
+            raise DataError(
+                f"prompt {pid} has {len(ids)} tokens after the chat template; with {cfg.max_new_tokens} new tokens "
+                f"it does not fit the model's context of {context} tokens. Shorten or remove that prompt, or lower "
+                f"generation.max_prompt_length (prompts are cut from the left) or max_new_tokens")
         encoded.append((pid, list(msgs), ids))
     rows = [(len(ids), i, k) for i, (_, _, ids) in enumerate(encoded) for k in range(cfg.samples_per_prompt)]
     rows.sort(key=lambda r: (-r[0], r[1], r[2]))  # longest first: memory peaks early, fails fast

@@ -76,11 +76,18 @@ def prepare_base_model(cfg: BaseModelConfig, out_dir: str | os.PathLike, seed: i
     else:
         kwargs["use_safetensors"] = True
     log.info("loading base model from %s %s", src, gguf or "")
-    tokenizer = AutoTokenizer.from_pretrained(src, **kwargs)
+    if not gguf and not any(Path(src).glob("*.safetensors")):
+        raise DataError(f"base model folder {src} has no *.safetensors weights (config key base_model.path); "
+                        "nashflow loads safetensors only: save the model with save_pretrained(safe_serialization=True)")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src, **kwargs)
+    except (OSError, ValueError, KeyError) as err:
+        raise DataError(f"the tokenizer of base model {src} could not be loaded (config key base_model.path): "
+                        f"{str(err).splitlines()[0]}") from err
     try:
         model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, **kwargs)
-    except (OSError, ValueError) as err:
-        raise DataError(f"base model {src} could not be loaded as a causal LM: {err}") from err
+    except (OSError, ValueError, KeyError) as err:
+        raise DataError(f"base model {src} could not be loaded as a causal LM: {str(err).splitlines()[0]}") from err
     if getattr(tokenizer, "chat_template", None) is None:
         raise DataError(f"the tokenizer of base model {src} has no chat template; use an instruction-tuned "
                         "model or add a chat_template to its tokenizer_config.json")
