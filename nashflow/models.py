@@ -122,6 +122,9 @@ def load_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, d
     path = Path(path)
     if not (path / "config.json").exists():
         raise DataError(f"model folder {path} is missing config.json; is it a finished checkpoint?")
+    if not any(path.glob("*.safetensors")):
+        raise DataError(f"model folder {path} has no *.safetensors weights; nashflow never loads pickled "
+                        "weights (.bin/.pt): convert them with save_pretrained(safe_serialization=True)")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True,
                                                  trust_remote_code=trust_remote_code)
     if device:
