@@ -30,6 +30,10 @@ def job_logging(log_path: str | None) -> Iterator[None]:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.captureWarnings(True)
+    devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if devices is not None or os.environ.get("SLURM_JOB_ID"):
+        logging.getLogger("nashflow").info("job %s on %s: CUDA_VISIBLE_DEVICES=%s", os.environ.get("SLURM_JOB_ID", "-"),
+                                           os.uname().nodename, devices)
     try:
         yield
     except NashflowError as err:
