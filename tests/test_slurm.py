@@ -84,6 +84,10 @@ def _requeue_train_once(wd: Path, stop: threading.Event, seen: dict) -> None:
                 if "train" in line:
                     job = line.split()[0]
                     subprocess.run(["scontrol", "requeue", job], check=False)
+                    # a requeued job waits for its BeginTime (about 2 minutes); a preempted job on a
+                    # busy cluster waits too; here it may start again at once
+                    time.sleep(1)
+                    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False)
                     seen["requeued"] = job
                     return
         time.sleep(0.2)
@@ -94,7 +98,7 @@ def test_tiny_dag_through_slurm_with_a_retry_and_a_requeue(slurm, tmp_path, tiny
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     cfg = tiny_config(tiny_model_dir, iterations=1, shards=1,
                       scorer={"components": [{"type": "python", "args": {"function": "flaky:reward"}}]})
-    cfg["training"]["epochs"] = 4  # long enough to be requeued mid-way
+    cfg["training"]["epochs"] = 2  # long enough to be requeued mid-way
     local, remote = tmp_path / "local", tmp_path / "slurm"
     for wd in (local, remote):
         write_config(wd, cfg)
@@ -121,6 +125,8 @@ def test_tiny_dag_through_slurm_with_a_retry_and_a_requeue(slurm, tmp_path, tiny
     assert seen.get("requeued"), "the train job was never requeued"
     res = remote / "results" / "tiny"
     assert not list(res.rglob("*.tmp")) and not (res / "iter1" / "train_state").exists()
+    train_log = (remote / "logs" / "tiny" / "iter1" / "train.log").read_text()
+    assert "resumed from the training state at optimizer step" in train_log
     # the export job asked for a GPU: SLURM scheduled it on the fake GRES and set its devices
     export_log = (remote / "logs" / "tiny" / "iter1" / "eval" / "export.log").read_text()
     assert "CUDA_VISIBLE_DEVICES=0" in export_log or "CUDA_VISIBLE_DEVICES=1" in export_log
