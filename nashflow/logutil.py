@@ -17,7 +17,8 @@ from nashflow.errors import NashflowError
 
 
 @contextlib.contextmanager
-def job_logging(log_path: str | None) -> Iterator[None]:
+def job_logging(log_path: str | None, gpus: int = 0) -> Iterator[None]:
+    """Run a job body with its log file, offline defaults, and (local runs) its own ``gpus`` devices."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
@@ -30,6 +31,13 @@ def job_logging(log_path: str | None) -> Iterator[None]:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.captureWarnings(True)
+    try:
+        from nashflow.devices import claim_gpus
+
+        claim_gpus(int(gpus or 0))
+    except NashflowError as err:
+        print(f"nashflow: error: {err}", file=orig_stderr)
+        raise SystemExit(1) from None
     devices = os.environ.get("CUDA_VISIBLE_DEVICES")
     if devices is not None or os.environ.get("SLURM_JOB_ID"):
         logging.getLogger("nashflow").info("job %s on %s: CUDA_VISIBLE_DEVICES=%s", os.environ.get("SLURM_JOB_ID", "-"),

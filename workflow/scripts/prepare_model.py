@@ -1,5 +1,5 @@
 from nashflow import stages
 from nashflow.logutil import job_logging
 
-with job_logging(snakemake.log[0]):
+with job_logging(snakemake.log[0], gpus=snakemake.resources.get("gpu", 0)):
     stages.prepare_model(snakemake.config, snakemake.output.model)

@@ -2,7 +2,7 @@ from nashflow import stages
 from nashflow.config import job_config
 from nashflow.logutil import job_logging
 
-with job_logging(snakemake.log[0]):
+with job_logging(snakemake.log[0], gpus=snakemake.resources.get("gpu", 0)):
     stages.train(job_config(snakemake), policy_dir=snakemake.input.policy, pairs_path=snakemake.input.pairs,
                  logps=snakemake.params.logps, roles=snakemake.params.roles, out_dir=snakemake.output.model,
                  metrics_path=snakemake.output.metrics, n_gpus=int(snakemake.resources.gpu),
