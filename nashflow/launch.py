@@ -17,8 +17,14 @@ log = logging.getLogger(__name__)
 
 
 def accelerate_command(n_gpus: int, spec_path: str, accelerate_config: str | None = None,
-                       mixed_precision: str = "no") -> list[str]:
-    """The command line for one training job; processes = n_gpus (CPU: one process)."""
+                       mixed_precision: str = "no", cpu_processes: int = 1) -> list[str]:
+    """The command line for one training job; processes = n_gpus (CPU: ``cpu_processes``, default 1).
+
+    Several CPU processes (DDP over gloo, for tests and CPU clusters) start through torchrun, which
+    accelerate's Accelerator picks up from the environment."""
+    if n_gpus <= 0 and cpu_processes > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(cpu_processes),
+                "-m", "nashflow.trainer", "--spec", spec_path]
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     if accelerate_config:
         cmd += ["--config_file", accelerate_config]
@@ -47,15 +53,17 @@ def die_with_parent() -> None:
 
 
 def launch_training(spec: dict[str, Any], *, n_gpus: int, log_path: str | None = None,
-                    accelerate_config: str | None = None, mixed_precision: str = "no") -> None:
+                    accelerate_config: str | None = None, mixed_precision: str = "no", cpu_processes: int = 1) -> None:
     """Write ``spec`` to a temporary JSON file and run the trainer under accelerate."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(spec, fh)
         spec_path = fh.name
-    cmd = accelerate_command(n_gpus, spec_path, accelerate_config, mixed_precision)
+    cmd = accelerate_command(n_gpus, spec_path, accelerate_config, mixed_precision, cpu_processes)
     log.info("running: %s", " ".join(cmd))
     env = dict(os.environ)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if n_gpus <= 0 and cpu_processes > 1:
+        env["ACCELERATE_USE_CPU"] = "true"  # the Accelerator then joins torchrun's group over gloo
     try:
         out = open(log_path, "a") if log_path else None
         try:
