@@ -177,7 +177,7 @@ def eval_sampling_config(cfg: dict) -> SamplingConfig:
 
 
 def train_config(cfg: dict) -> TrainConfig:
-    t = {k: v for k, v in cfg["training"].items() if k != "mixed_precision"}
+    t = {k: v for k, v in cfg["training"].items() if k not in ("mixed_precision", "distributed")}
     t["report_to"] = tuple(t.get("report_to", ()))
     return TrainConfig(**t, seed=cfg["seed"])
 

@@ -39,6 +39,21 @@ def accelerate_command(n_gpus: int, spec_path: str, accelerate_config: str | Non
     return cmd
 
 
+def multinode_command(nodes: int, gpus_per_node: int, spec_path: str, accelerate_config: str | None = None,
+                      mixed_precision: str = "no", port: int = 29500) -> list[str]:
+    """One train job over several SLURM nodes: ``srun`` starts one launcher per node, each with
+    ``gpus_per_node`` processes; node 0 (first host of the allocation) is the rendezvous."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch"]
+    if accelerate_config:
+        launch += ["--config_file", accelerate_config]
+    launch += ["--num_machines", str(nodes), "--num_processes", str(nodes * gpus_per_node),
+               "--machine_rank", "$SLURM_NODEID", "--main_process_ip", "$MAIN_HOST", "--main_process_port", str(port),
+               "--rdzv_backend", "static", "--mixed_precision", mixed_precision, "--dynamo_backend", "no",
+               "-m", "nashflow.trainer", "--spec", spec_path]
+    inner = ('MAIN_HOST=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1); ' + " ".join(launch))
+    return ["srun", "--nodes", str(nodes), "--ntasks-per-node", "1", "--kill-on-bad-exit=1", "bash", "-c", inner]
+
+
 def die_with_parent() -> None:
     """Linux: the trainer gets SIGKILL when the job process dies (a killed job leaves no orphan
     that would go on writing its outputs)."""
@@ -58,7 +73,12 @@ def launch_training(spec: dict[str, Any], *, n_gpus: int, log_path: str | None =
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(spec, fh)
         spec_path = fh.name
-    cmd = accelerate_command(n_gpus, spec_path, accelerate_config, mixed_precision, cpu_processes)
+    nodes = int(os.environ.get("SLURM_NNODES", "1") or 1)
+    if nodes > 1 and n_gpus > 0:  # a train job over several nodes (set-resources train: {nodes: N, ...})
+        per_node = int(os.environ.get("SLURM_GPUS_ON_NODE") or max(1, n_gpus // nodes))
+        cmd = multinode_command(nodes, per_node, spec_path, accelerate_config, mixed_precision)
+    else:
+        cmd = accelerate_command(n_gpus, spec_path, accelerate_config, mixed_precision, cpu_processes)
     log.info("running: %s", " ".join(cmd))
     env = dict(os.environ)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")

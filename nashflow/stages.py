@@ -203,7 +203,8 @@ def logps(cfg: dict, *, pairs_path: str, shard: int, model_dir: str, out: str, t
 
 
 def train(cfg: dict, *, policy_dir: str, pairs_path: str, logps: dict, roles: dict, out_dir: str,
-          metrics_path: str, n_gpus: int, threads: int | None, log_path: str | None) -> None:
+          metrics_path: str, n_gpus: int, threads: int | None, log_path: str | None,
+          accelerate_config: str | None = None) -> None:
     """Launch the trainer; ``logps`` maps roles to log-prob shard files, ``roles`` names checkpoints."""
     from dataclasses import asdict
 
@@ -222,7 +223,8 @@ def train(cfg: dict, *, policy_dir: str, pairs_path: str, logps: dict, roles: di
         # resumable state beside the declared outputs, which Snakemake removes when a job fails
         "state_dir": str(Path(out_dir).parent / "train_state"),
     }
-    launch_training(spec, n_gpus=n_gpus, log_path=log_path, mixed_precision=cfg["training"]["mixed_precision"])
+    launch_training(spec, n_gpus=n_gpus, log_path=log_path, mixed_precision=cfg["training"]["mixed_precision"],
+                    accelerate_config=accelerate_config if n_gpus > 0 else None)
 
 
 def eval_generate(cfg: dict, *, model_dir: str, eval_prompts: str, out: str, threads: int | None = None,

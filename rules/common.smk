@@ -54,7 +54,9 @@ def _settings(cfg, ecfg):
         "build_pairs": {"pairs": cfg["algorithm"]["pairs"]},
         "logps": {"training": pick("training", "max_length", "max_prompt_length"), "logps": cfg["logps"],
                   "shards": cfg["shards"], "loss": cfg["algorithm"]["loss"]},
-        "train": {"training": {k: v for k, v in cfg["training"].items() if k not in ("report_to", "checkpoint_every")},
+        # where metrics go, how often the state is saved and how GPUs are used do not change the model
+        "train": {"training": {k: v for k, v in cfg["training"].items()
+                               if k not in ("report_to", "checkpoint_every", "distributed")},
                   "algorithm": cfg["algorithm"], "seed": cfg["seed"]},
         "eval_generate": {"evaluation": ecfg["evaluation"], "scorer": ecfg["scorer"],
                           "conditioning": ecfg["conditioning"] if ecfg["algorithm"]["conditioning"] else None},
@@ -266,3 +268,12 @@ def get_compare_files():
                 "train_metrics": [f"results/{r}/iter{t}/train_metrics.csv" for t in iterations(r)],
                 "models": [model_dir(r, t) for t in iterations(r)]}
             for r in RUNS}
+
+
+def get_accelerate_config(wildcards):
+    """training.distributed: a shipped accelerate config (config/accelerate/<name>.yaml) or a path."""
+    name = RUN_CFG[wildcards.run]["training"]["distributed"]
+    if name == "auto":
+        return None
+    shipped = Path(workflow.basedir) / "config" / "accelerate" / f"{name}.yaml"
+    return str(shipped if shipped.exists() else Path(name).resolve())

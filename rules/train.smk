@@ -11,6 +11,7 @@ rule train:
         settings=settings("train"),
         logps=get_logps_by_role,
         roles=get_roles,
+        accelerate=get_accelerate_config,
     log:
         "logs/{run}/iter{iter}/train.log",
     benchmark:

@@ -6,4 +6,5 @@ with job_logging(snakemake.log[0], gpus=snakemake.resources.get("gpu", 0)):
     stages.train(job_config(snakemake), policy_dir=snakemake.input.policy, pairs_path=snakemake.input.pairs,
                  logps=snakemake.params.logps, roles=snakemake.params.roles, out_dir=snakemake.output.model,
                  metrics_path=snakemake.output.metrics, n_gpus=int(snakemake.resources.gpu),
-                 threads=snakemake.threads, log_path=snakemake.log[0])
+                 threads=snakemake.threads, log_path=snakemake.log[0],
+                 accelerate_config=snakemake.params.accelerate)
