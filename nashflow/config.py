@@ -122,6 +122,9 @@ def _validate_one(config: dict, schema_path: str | Path) -> dict:
         cfg["algorithm"] = resolve_algorithm(cfg["algorithm"])
     except (ValueError, KeyError) as err:
         raise ConfigError(f"config: {str(err).strip(chr(39))}") from err
+    if cfg["generation"].get("backend") == "vllm" and cfg["algorithm"]["sampler"] == "mixture":
+        raise ConfigError("config key 'generation.backend': Nash-MD's mixture sampler (algorithm.sampler: mixture) "
+                          "runs on the transformers backend only")
     # The history queue fills as iterations go (MNPO: T' = min(players available, H)); more players
     # than iterations can never be filled and is a mistake.
     algo = cfg["algorithm"]
@@ -173,7 +176,9 @@ def sampling_config(cfg: dict) -> SamplingConfig:
 def eval_sampling_config(cfg: dict) -> SamplingConfig:
     ev = dict(cfg["evaluation"])
     ev.pop("seed", None)
-    return SamplingConfig(samples_per_prompt=1, max_prompt_length=cfg["generation"]["max_prompt_length"], **ev)
+    gen = cfg["generation"]
+    return SamplingConfig(samples_per_prompt=1, max_prompt_length=gen["max_prompt_length"],
+                          backend=gen.get("backend", "transformers"), vllm=gen.get("vllm", {}), **ev)
 
 
 def train_config(cfg: dict) -> TrainConfig:

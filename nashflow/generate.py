@@ -8,7 +8,7 @@ from (seed, batch number): a re-run with the same config gives the same samples.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
@@ -31,8 +31,12 @@ class SamplingConfig:
     top_k: int = 0
     batch_size: int = 32
     max_prompt_length: int = 512
+    backend: str = "transformers"  # or vllm (GPU, optional extra)
+    vllm: dict = field(default_factory=dict)  # engine arguments for vllm.LLM (gpu_memory_utilization, dtype, ...)
 
     def __post_init__(self):
+        if self.backend not in ("transformers", "vllm"):
+            raise ValueError("generation.backend must be transformers or vllm")
         if self.samples_per_prompt < 1:
             raise ValueError("samples_per_prompt must be >= 1")
         if self.temperature < 0:

@@ -77,8 +77,17 @@ def _with_prompt_columns(df: pd.DataFrame, prompts: pd.DataFrame) -> pd.DataFram
     return df.merge(prompts[["prompt_id"] + extra], on="prompt_id", how="left", validate="many_to_one")
 
 
+def _vllm_table(model_dir: str, prompts: pd.DataFrame, scfg, *, seed: int, gpus: int) -> pd.DataFrame:
+    from nashflow.vllm_backend import generate_vllm
+
+    if len(prompts) == 0:
+        return generate_table(None, None, prompts, scfg, seed=seed, generator="")
+    return generate_vllm(model_dir, load_tokenizer(model_dir), prompts, scfg, seed=seed,
+                         generator=checkpoint_name(model_dir), tensor_parallel=gpus, engine_args=scfg.vllm)
+
+
 def generate(cfg: dict, *, iteration: int, shard: int, model_dir: str, pool_path: str, out: str,
-             reference_dir: str | None = None, threads: int | None = None) -> None:
+             reference_dir: str | None = None, threads: int | None = None, gpus: int = 0) -> None:
     """Sample K responses per prompt of (iteration, shard) from the generator checkpoint.
 
     Nash-MD (``algorithm.sampler: mixture``): one policy sample and one sample of the geometric
@@ -98,6 +107,12 @@ def generate(cfg: dict, *, iteration: int, shard: int, model_dir: str, pool_path
                                                    for pid in prompts.prompt_id])
     scfg = C.sampling_config(cfg)
     seed = derive_seed(cfg["seed"], "generate", iteration, shard)
+    if scfg.backend == "vllm":  # config validation keeps the mixture sampler off this path
+        df = _with_prompt_columns(_vllm_table(model_dir, prompts, scfg, seed=seed, gpus=gpus), prompts)
+        write_table(df, out, provenance(parents={"generator": model_dir, "prompts": pool_path},
+                                        config={"generation": cfg["generation"], "algorithm": algo},
+                                        seed=seed, iteration=iteration, shard=shard))
+        return
     device = default_device()
     model = load_model(model_dir, device=device)
     tok = load_tokenizer(model_dir)
@@ -228,7 +243,7 @@ def train(cfg: dict, *, policy_dir: str, pairs_path: str, logps: dict, roles: di
 
 
 def eval_generate(cfg: dict, *, model_dir: str, eval_prompts: str, out: str, threads: int | None = None,
-                  base_model_dir: str | None = None) -> None:
+                  base_model_dir: str | None = None, gpus: int = 0) -> None:
     """One scored response per held-out prompt (MOODPO: per prompt and weight vector of the eval grid).
 
     With a preference scorer the responses get no reward (``reward`` is NaN); ``eval_metrics``
@@ -239,20 +254,23 @@ def eval_generate(cfg: dict, *, model_dir: str, eval_prompts: str, out: str, thr
     set_threads(threads)
     prompts = read_table(eval_prompts)
     scfg = C.eval_sampling_config(cfg)
-    model = load_model(model_dir, device=default_device())
-    tok = load_tokenizer(model_dir)
     seed = derive_seed(cfg["evaluation"]["seed"], "evaluate")
+    if scfg.backend == "vllm":
+        sample = lambda p: _vllm_table(model_dir, p, scfg, seed=seed, gpus=gpus)
+    else:
+        model, tok = load_model(model_dir, device=default_device()), load_tokenizer(model_dir)
+        sample = lambda p: generate_table(model, tok, p, scfg, seed=seed, generator=checkpoint_name(model_dir))
     if cfg["algorithm"]["conditioning"] == "moodpo":
         grid = simplex_grid(len(objective_names(cfg)), cfg["conditioning"]["eval_grid_step"])
         parts = []
         for g, w in enumerate(grid):
             cond = condition_prompts(cfg, prompts, [w] * len(prompts))
-            part = generate_table(model, tok, cond, scfg, seed=seed, generator=checkpoint_name(model_dir))
+            part = sample(cond)
             part["sample_index"] = g
             parts.append(_with_prompt_columns(part, cond))
         df = pd.concat(parts, ignore_index=True)
     else:
-        df = generate_table(model, tok, prompts, scfg, seed=seed, generator=checkpoint_name(model_dir))
+        df = sample(prompts)
     sc = C.scorer_config(cfg)
     if sc.kind == "preference":
         df["reward"] = np.nan
