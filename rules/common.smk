@@ -1,5 +1,6 @@
 # Config validation, path helpers and input functions (get_*). No rule lives here.
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -24,6 +25,9 @@ def _validated(cfg):
         sys.exit(1)
     return checked
 
+
+# Jobs import the nashflow library from this checkout, in any environment (conda envs included).
+os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (workflow.basedir, os.getenv("PYTHONPATH")) if p))
 
 _checked = _validated(config)
 config.clear()

@@ -13,6 +13,8 @@ rule prepare_model:
         gpu=0,
         mem_mb=8000,
         runtime=30,
+    conda:
+        "../envs/inference.yaml"
     script:
         "../workflow/scripts/prepare_model.py"
 
@@ -35,6 +37,8 @@ rule split_prompts:
         gpu=0,
         mem_mb=2000,
         runtime=10,
+    conda:
+        "../envs/inference.yaml"
     script:
         "../workflow/scripts/split_prompts.py"
 
@@ -62,5 +66,7 @@ if config["initial_data"]["path"]:
             gpu=0,
             mem_mb=4000,
             runtime=20,
+        conda:
+            "../envs/inference.yaml"
         script:
             "../workflow/scripts/import_initial.py"

@@ -15,6 +15,8 @@ rule eval_generate:
         gpu=0,
         mem_mb=8000,
         runtime=60,
+    conda:
+        "../envs/inference.yaml"
     script:
         "../workflow/scripts/eval_generate.py"
 
@@ -36,6 +38,8 @@ rule eval_metrics:
         gpu=0,
         mem_mb=EVAL_MEM_MB,
         runtime=10,
+    conda:
+        "../envs/inference.yaml"
     script:
         "../workflow/scripts/eval_metrics.py"
 
@@ -56,5 +60,7 @@ rule export_answers:
         gpu=0,
         mem_mb=1000,
         runtime=5,
+    conda:
+        "../envs/inference.yaml"
     script:
         "../workflow/scripts/export_answers.py"

@@ -15,5 +15,7 @@ rule generate:
         gpu=0,
         mem_mb=8000,
         runtime=120,
+    conda:
+        "../envs/inference.yaml"
     script:
         "../workflow/scripts/generate.py"

@@ -17,5 +17,7 @@ rule logps:
         gpu=0,
         mem_mb=8000,
         runtime=120,
+    conda:
+        "../envs/train.yaml"
     script:
         "../workflow/scripts/logps.py"

@@ -16,5 +16,7 @@ rule build_pairs:
         gpu=0,
         mem_mb=4000,
         runtime=20,
+    conda:
+        "../envs/inference.yaml"
     script:
         "../workflow/scripts/build_pairs.py"

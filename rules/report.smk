@@ -31,6 +31,8 @@ rule report:
         gpu=0,
         mem_mb=2000,
         runtime=10,
+    conda:
+        "../envs/inference.yaml"
     script:
         "../workflow/scripts/report.py"
 
@@ -70,5 +72,7 @@ rule compare:
         gpu=0,
         mem_mb=EVAL_MEM_MB,
         runtime=30,
+    conda:
+        "../envs/inference.yaml"
     script:
         "../workflow/scripts/compare.py"

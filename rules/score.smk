@@ -15,5 +15,7 @@ rule score:
         gpu=0,
         mem_mb=SCORER_MEM_MB,
         runtime=60,
+    conda:
+        "../envs/inference.yaml"
     script:
         "../workflow/scripts/score.py"

@@ -21,5 +21,7 @@ rule train:
         gpu=0,
         mem_mb=16000,
         runtime=480,
+    conda:
+        "../envs/train.yaml"
     script:
         "../workflow/scripts/train.py"

@@ -194,3 +194,20 @@ def test_run_overrides_rejected_with_the_key(tmp_path, fake_model):
     write_config(tmp_path, cfg)
     res = snakemake(tmp_path, "-n", check=False)
     assert res.returncode != 0 and "runs.a.prompts" in res.stderr
+
+
+def test_lint_passes_every_rule_has_log_benchmark_resources_and_conda():
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--snakefile", str(REPO / "Snakefile"),
+                          "--directory", str(REPO)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    text = "".join(p.read_text() for p in (REPO / "rules").glob("*.smk"))
+    n_rules = text.count("\nrule ") + text.startswith("rule ") + text.count("    rule ")
+    for directive in ("log:", "benchmark:", "conda:", "resources:", "threads:"):
+        assert text.count(directive) >= n_rules, directive
+    for field in ("gpu=", "mem_mb=", "runtime="):
+        assert text.count(field) >= n_rules, field
