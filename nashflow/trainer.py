@@ -47,6 +47,7 @@ class TrainConfig:
     max_length: int = 512
     max_prompt_length: int = 256
     gradient_checkpointing: bool = False
+    lora: dict[str, Any] | None = None  # LoRA (peft): {r, alpha, dropout, target_modules}; None = full fine-tuning
     report_to: tuple[str, ...] = ("tensorboard",)  # besides the CSV: tensorboard, wandb
     checkpoint_every: int = 50  # optimizer steps between resumable training states (0: never)
     seed: int = 0
@@ -197,6 +198,20 @@ class PairBatches:
         return losses, kw, int(attn.sum())
 
 
+def add_lora(model, spec: dict[str, Any]):
+    """Wrap the policy with fresh LoRA adapters (peft); only the adapters train."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=int(spec.get("r", 16)), lora_alpha=int(spec.get("alpha", 32)),
+                     lora_dropout=float(spec.get("dropout", 0.0)),
+                     target_modules=spec.get("target_modules", "all-linear"), task_type="CAUSAL_LM")
+    model = get_peft_model(model, cfg)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    log.info("LoRA r=%d: %d of %d parameters train (%.2f%%)", cfg.r, trainable, total, 100 * trainable / total)
+    return model
+
+
 class TrainState:
     """A resumable training state outside the job's declared outputs (Snakemake deletes those when a
     job fails): weights, optimizer, scheduler, step, metric rows, the best validation state and the
@@ -312,6 +327,8 @@ def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_di
         val_df, df = df[is_val].reset_index(drop=True), df[~is_val].reset_index(drop=True)
     tok = load_tokenizer(policy_path)
     model = load_model(policy_path, eval_mode=False)
+    if train_cfg.lora:
+        model = add_lora(model, train_cfg.lora)
     model.config.use_cache = False
     if train_cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -441,17 +458,27 @@ def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_di
             writer.writeheader()
             writer.writerows(rows)
         unwrapped = acc.unwrap_model(model)
+        keep_initial = val is not None and best["state"] is None
         if val is not None:
-            # COMAL keeps the best validation checkpoint (step 0 = the initial policy).
-            state = best["state"] if best["state"] is not None else load_model(policy_path).state_dict()
+            # COMAL keeps the best validation checkpoint (step 0 = the initial policy; with LoRA the
+            # adapters are dropped below instead of merged).
+            if best["state"] is not None:
+                unwrapped.load_state_dict(best["state"])
+            elif not train_cfg.lora:
+                unwrapped.load_state_dict(load_model(policy_path).state_dict())
             if best["state"] is None:
                 log.warning("no epoch improved the validation loss (%.6g at step 0): the saved model is the initial "
                             "policy; with few validation pairs consider a larger val_fraction or select_best: false",
                             best["val_loss"])
-            unwrapped.load_state_dict(state)
         unwrapped.config.use_cache = True
         extra = {"best_step": best["step"], "best_val_loss": best["val_loss"]} if val is not None else {}
         with atomic_dir(output_dir) as tmp:
+            if train_cfg.lora:
+                # the adapter (the iterate's delta over π_{t-1}) is kept; sampling and log-prob jobs
+                # read the merged weights beside it
+                unwrapped.save_pretrained(tmp / "adapter", safe_serialization=True)
+                unwrapped = unwrapped.unload() if keep_initial else unwrapped.merge_and_unload()
+                extra["lora"] = dict(train_cfg.lora)
             unwrapped.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
             write_json(provenance(parents=parents or {"policy_init": policy_path, "pairs": pairs_path},

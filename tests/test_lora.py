@@ -1,0 +1,52 @@
+"""LoRA (peft): only adapters train; the iterate holds the merged weights and its adapters; the
+whole DAG runs with it on the tiny model."""
+
+import json
+
+import pytest
+import torch
+from conftest import snakemake, tiny_config, write_config
+from test_model_units import _pairs_table
+
+from nashflow.models import load_model
+from nashflow.trainer import LossConfig, TrainConfig, train
+
+LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
+
+
+def test_adapters_train_and_the_merged_model_is_saved(tmp_path, tiny_model_dir, tiny_model):
+    model, tok = tiny_model
+    _pairs_table(tmp_path, tok, model)
+    train(policy_path=str(tiny_model_dir), pairs_path=str(tmp_path / "pairs.parquet"),
+          logps={"reference": [str(tmp_path / "ref.parquet")], "history": []},
+          output_dir=str(tmp_path / "out"), metrics_path=str(tmp_path / "m.csv"),
+          train_cfg=TrainConfig(learning_rate=5e-3, batch_size=2, epochs=2, max_length=96, max_prompt_length=64,
+                                warmup_ratio=0.0, lora=LORA, report_to=()),
+          loss_cfg=LossConfig(name="dpo", beta=0.1), progress=False)
+    out = tmp_path / "out"
+    adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 4 and (out / "adapter" / "adapter_model.safetensors").exists()
+    merged = load_model(out).state_dict()
+    base = load_model(tiny_model_dir).state_dict()
+    assert merged.keys() == base.keys()  # a plain causal LM: no peft keys left
+    changed = [k for k in base if not torch.equal(base[k], merged[k])]
+    # LoRA reaches the linear layers only: embeddings and norms stay as they were
+    assert changed and all("proj" in k for k in changed)
+    assert not any("embed" in k or "norm" in k for k in changed)
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["lora"]["r"] == 4
+
+
+@pytest.mark.slow
+def test_lora_dag_on_the_tiny_model(tmp_path, tiny_model_dir):
+    cfg = tiny_config(tiny_model_dir, shards=1, training={"learning_rate": 5.0e-3, "epochs": 1, "batch_size": 2,
+                                                          "max_length": 96, "max_prompt_length": 64, "lora": LORA})
+    write_config(tmp_path, cfg)
+    snakemake(tmp_path, "--cores", "2")
+    res = tmp_path / "results" / "tiny"
+    for t in (1, 2):
+        assert (res / f"iter{t}" / "model" / "adapter" / "adapter_model.safetensors").exists()
+        assert (res / f"iter{t}" / "model" / "model.safetensors").exists()
+    it1, it2 = load_model(res / "iter1" / "model").state_dict(), load_model(res / "iter2" / "model").state_dict()
+    assert any(not torch.equal(it1[k], it2[k]) for k in it1)
+    assert (res / "report" / "summary.csv").exists()
