@@ -17,7 +17,8 @@ def compared(tmp_path_factory, tiny_model_dir):
     cfg = tiny_config(tiny_model_dir, shards=1)
     cfg["run"] = "cmp"
     cfg["runs"] = {"dpo": {"algorithm": {"name": "dpo", "beta": 0.1}},
-                   "sppo": {"algorithm": {"name": "sppo"}, "training": {"learning_rate": 5.0e-4}}}
+                   "sppo": {"algorithm": {"name": "sppo"},
+                            "training": {"learning_rate": 5.0e-3, "lora": {"r": 4, "alpha": 8}}}}
     write_config(wd, cfg)
     proc = snakemake(wd, "--cores", "2")
     return wd, proc.stdout + proc.stderr
@@ -42,6 +43,16 @@ def test_shared_jobs_ran_once(compared):
     prov = json.loads((res / "sppo" / "iter2" / "model" / "provenance.json").read_text())
     assert prov["parents"]["policy_init"] == "cmp/sppo/iter1"
     assert "Nothing to be done" in snakemake(wd, "-n").stdout
+
+
+def test_lora_run_saves_adapters_and_merged_iterates(compared):
+    wd, _ = compared
+    res = wd / "results" / "cmp"
+    for t in (1, 2):
+        assert (res / "sppo" / f"iter{t}" / "model" / "adapter" / "adapter_model.safetensors").exists()
+        assert not (res / "dpo" / f"iter{t}" / "model" / "adapter").exists()
+    prov = json.loads((res / "sppo" / "iter2" / "model" / "provenance.json").read_text())
+    assert prov["lora"]["r"] == 4
 
 
 def test_comparison_outputs(compared):

@@ -1,11 +1,9 @@
-"""LoRA (peft): only adapters train; the iterate holds the merged weights and its adapters; the
-whole DAG runs with it on the tiny model."""
+"""LoRA (peft): only adapters train; the iterate holds the merged weights and its adapters. The
+whole DAG with LoRA runs in tests/test_compare_e2e.py (its sppo run)."""
 
 import json
 
-import pytest
 import torch
-from conftest import snakemake, tiny_config, write_config
 from test_model_units import _pairs_table
 
 from nashflow.models import load_model
@@ -35,18 +33,3 @@ def test_adapters_train_and_the_merged_model_is_saved(tmp_path, tiny_model_dir, 
     assert not any("embed" in k or "norm" in k for k in changed)
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["lora"]["r"] == 4
-
-
-@pytest.mark.slow
-def test_lora_dag_on_the_tiny_model(tmp_path, tiny_model_dir):
-    cfg = tiny_config(tiny_model_dir, shards=1, training={"learning_rate": 5.0e-3, "epochs": 1, "batch_size": 2,
-                                                          "max_length": 96, "max_prompt_length": 64, "lora": LORA})
-    write_config(tmp_path, cfg)
-    snakemake(tmp_path, "--cores", "2")
-    res = tmp_path / "results" / "tiny"
-    for t in (1, 2):
-        assert (res / f"iter{t}" / "model" / "adapter" / "adapter_model.safetensors").exists()
-        assert (res / f"iter{t}" / "model" / "model.safetensors").exists()
-    it1, it2 = load_model(res / "iter1" / "model").state_dict(), load_model(res / "iter2" / "model").state_dict()
-    assert any(not torch.equal(it1[k], it2[k]) for k in it1)
-    assert (res / "report" / "summary.csv").exists()
