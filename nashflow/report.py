@@ -188,10 +188,16 @@ def plot_runs_training(train: dict[str, list[str]], path: str, title: str) -> No
                 ax.plot(d.global_step, d[col], label=run)
     for ax, (_, name) in zip(axes, TRAIN_PANELS):
         ax.set(xlabel="optimizer step (all iterations)", title=name)
-    lo, hi = axes[0].get_ylim()
-    if len(train) > 1 and max(abs(lo), abs(hi)) > 100:  # losses of different methods differ in scale
-        axes[0].set_yscale("symlog", linthresh=1.0)
-        axes[0].set_title("loss (symlog: scales differ between losses)")
+    losses = [v for line in axes[0].get_lines() for v in line.get_ydata() if v == v]
+    if len(train) > 1 and losses and max(map(abs, losses)) > 100:  # losses of different methods differ in scale
+        lo, hi = min(losses), max(losses)
+        if lo > 0:
+            axes[0].set_yscale("log")
+            axes[0].set_ylim(lo / 2, hi * 2)
+        else:
+            axes[0].set_yscale("symlog", linthresh=1.0)
+            axes[0].set_ylim(lo * 2 if lo < 0 else 0, hi * 2)
+        axes[0].set_title("loss (log scale: scales differ between losses)")
     axes[0].legend(fontsize=8)
     fig.suptitle(title)
     _save(fig, path, *axes)

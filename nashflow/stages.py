@@ -314,7 +314,7 @@ def report(cfg: dict, *, metrics: list[str], train_metrics: list[str], responses
     R.plot_training(train_metrics, out["training"], title)
     R.examples_html({"base" if t == 0 else f"iteration {t}": p for t, p in enumerate(responses)}, out["examples"],
                     title=f"Held-out prompts: base model and every iterate of run '{cfg['run']}'")
-    write_yaml(run_record(cfg, models), out["config"])
+    write_yaml(run_record(cfg, models), out["config"], html=out["config_html"])
     with atomic_path(out["table"]) as tmp:
         df.to_csv(tmp, index=False, float_format="%.4f")
 
@@ -328,12 +328,20 @@ def run_record(cfg: dict, models: list[str]) -> dict:
     return {"run": cfg["run"], "config": {k: v for k, v in cfg.items() if k != "runs"}, "checkpoints": prov}
 
 
-def write_yaml(obj, path: str) -> None:
+def write_yaml(obj, path: str, html: str | None = None) -> None:
+    """YAML at ``path``; with ``html`` also a page showing it (the report displays HTML, not YAML)."""
+    import html as H
+
     import yaml
 
+    text = yaml.safe_dump(json.loads(json.dumps(obj, default=str)), sort_keys=False, allow_unicode=True)
     with atomic_path(path) as tmp:
-        tmp.write_text(yaml.safe_dump(json.loads(json.dumps(obj, default=str)), sort_keys=False, allow_unicode=True),
-                       encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
+    if html:
+        page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{H.escape(Path(path).name)}</title></head>"
+                f"<body style='font-family:monospace;font-size:12px'><pre>{H.escape(text)}</pre></body></html>\n")
+        with atomic_path(html) as tmp:
+            tmp.write_text(page, encoding="utf-8")
 
 
 def export_answers(cfg: dict, *, responses: str, out_alpaca: str, out_mt_bench: str) -> None:
@@ -393,7 +401,7 @@ def compare(cfg: dict, *, files: dict[str, dict[str, list[str]]], out: dict[str,
     R.examples_html(columns, out["examples"], title=f"Held-out prompts: base and every iterate of every run ({title})")
     write_yaml({"comparison": cfg["run"], "judge": cfg["scorer"],
                 "runs": {short[r]: run_record(C.run_config(cfg, r), f["models"]) for r, f in files.items()}},
-               out["config"])
+               out["config"], html=out["config_html"])
     with atomic_path(out["table"]) as tmp:
         df.to_csv(tmp, index=False, float_format="%.4f")
 

@@ -20,8 +20,9 @@ rule report:
                           category="Runs", subcategory="{run}"),
         examples=report("results/{run}/report/examples.html", caption="../workflow/report/examples.rst",
                         category="Runs", subcategory="{run}"),
-        config=report("results/{run}/report/run.yaml", caption="../workflow/report/config.rst",
-                      category="Runs", subcategory="{run}"),
+        config="results/{run}/report/run.yaml",
+        config_html=report("results/{run}/report/run.html", caption="../workflow/report/config.rst",
+                           category="Runs", subcategory="{run}"),
     log:
         "logs/{run}/report.log",
     benchmark:
@@ -58,8 +59,9 @@ rule compare:
                         category="Comparison"),
         examples=report(f"results/{TOP}/compare/examples.html", caption="../workflow/report/examples.rst",
                         category="Comparison"),
-        config=report(f"results/{TOP}/compare/runs.yaml", caption="../workflow/report/config.rst",
-                      category="Comparison"),
+        config=f"results/{TOP}/compare/runs.yaml",
+        config_html=report(f"results/{TOP}/compare/runs.html", caption="../workflow/report/config.rst",
+                           category="Comparison"),
     params:
         files=get_compare_files(),
         settings={"scorer": config["scorer"], "evaluation": config["evaluation"]},

@@ -96,5 +96,5 @@ def test_report_has_both_runs_and_the_comparison(compared):
     wd, _ = compared
     snakemake(wd, "--report", "report.html")
     html = (wd / "report.html").read_text(errors="ignore")
-    for needle in ("roundrobin.png", "examples.html", "runs.yaml", "cmp/sppo", "cmp/dpo", "Comparison"):
+    for needle in ("roundrobin.png", "examples.html", "runs.html", "run.html", "cmp/sppo", "cmp/dpo", "Comparison"):
         assert needle in html, needle
