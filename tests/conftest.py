@@ -176,3 +176,13 @@ def snakemake(workdir: Path, *args: str, config: Path | None = None, timeout: in
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+@pytest.fixture(scope="session")
+def full_run(tmp_path_factory, tiny_model_dir):
+    """One uninterrupted run of the whole tiny DAG (2 iterations, 2 shards), shared by the tests
+    that compare against it; tests must leave it as they found it."""
+    wd = tmp_path_factory.mktemp("full")
+    write_config(wd, tiny_config(tiny_model_dir))
+    snakemake(wd, "--cores", "2")
+    return wd

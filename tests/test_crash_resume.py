@@ -18,27 +18,57 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, snakemake, tiny_config, write_config
-from test_e2e_tiny import full_run  # noqa: F401  (the uninterrupted reference run, module fixture)
 
 pytestmark = pytest.mark.slow
 
 JOBS = ["generate", "score", "build_pairs", "logps", "train", "eval_generate"]
 
 
-def job_pids(wd: Path, script: str) -> list[int]:
-    """Processes running `<script>.py` of a Snakemake job in workdir ``wd``."""
+def pids_matching(wd: Path, match) -> list[int]:
+    """Processes with working directory ``wd`` whose command line satisfies ``match``."""
     pids = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         try:
-            cmd = (d / "cmdline").read_bytes().split(b"\0")
+            cmd = [c.decode(errors="ignore") for c in (d / "cmdline").read_bytes().split(b"\0")]
             cwd = os.readlink(d / "cwd")
         except OSError:
             continue
-        if cwd == str(wd) and any(c.decode(errors="ignore").endswith(f".{script}.py") for c in cmd):
+        if cwd == str(wd) and match(cmd):
             pids.append(int(d.name))
     return pids
+
+
+def job_pids(wd: Path, script: str) -> list[int]:
+    """Processes running `<script>.py` of a Snakemake job in workdir ``wd``."""
+    return pids_matching(wd, lambda cmd: any(c.endswith(f".{script}.py") for c in cmd))
+
+
+def is_trainer(cmd: list[str]) -> bool:
+    """`python -m nashflow.trainer ...` itself (not accelerate's launcher, whose arguments name it)."""
+    return len(cmd) > 2 and cmd[1:3] == ["-m", "nashflow.trainer"]
+
+
+def freeze_trainer_after_a_state(wd: Path, deadline: float) -> bool:
+    """Single-step the running trainer (SIGSTOP / 20 ms of SIGCONT) until it has saved a training
+    state, and leave it stopped: the kill then lands mid-training however fast the tiny model is."""
+    trainers = []
+    while not trainers and time.time() < deadline:
+        trainers = pids_matching(wd, is_trainer)
+        time.sleep(0.01)
+    if not trainers:
+        return False
+    pid = trainers[0]
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        while not any(wd.glob("results/tiny/iter*/train_state/state.pt")) and time.time() < deadline:
+            os.kill(pid, signal.SIGCONT)
+            time.sleep(0.02)
+            os.kill(pid, signal.SIGSTOP)
+    except ProcessLookupError:
+        return False
+    return any(wd.glob("results/tiny/iter*/train_state/state.pt"))
 
 
 def outputs(wd: Path) -> dict[str, int]:
@@ -54,42 +84,46 @@ def deterministic(wd: Path) -> dict[str, bytes]:
     return {str(p.relative_to(wd)): p.read_bytes() for p in files}
 
 
-def run_and_kill(wd: Path, script: str, rng: random.Random, ready=None, timeout: float = 600,
-                 whole_tree: bool = False) -> str:
+def run_and_kill(wd: Path, script: str, rng: random.Random, timeout: float = 600, whole_tree: bool = False) -> str:
     """Start the whole run; SIGKILL the first `script` job at a random moment (with ``whole_tree``,
     Snakemake and all its jobs, as when the node running Snakemake dies); wait for Snakemake."""
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(wd),
            "--configfile", str(wd / "config.yaml"), "--cores", "2", "--rerun-incomplete"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    log = wd / f"run_{script}.out"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline, killed = time.time() + timeout, None
     while killed is None and time.time() < deadline and proc.poll() is None:
-        pids = job_pids(wd, script)
-        if pids and (ready is None or ready()):
-            time.sleep(rng.uniform(0.0, 0.1 if ready else 0.8))  # a random moment of the job's life
+        if job_pids(wd, script):
+            if script == "train":  # a moment after its first saved state, before it can finish
+                if not freeze_trainer_after_a_state(wd, deadline):
+                    continue
+            time.sleep(rng.uniform(0.0, 0.8))  # a random moment of the job's life
             if whole_tree:
                 os.killpg(proc.pid, signal.SIGKILL)
                 killed = proc.pid
             for pid in job_pids(wd, script):
                 os.kill(pid, signal.SIGKILL)
                 killed = pid
+            for pid in pids_matching(wd, is_trainer):  # a stopped trainer: make sure it is gone
+                os.kill(pid, signal.SIGKILL)
         time.sleep(0.05)
-    out, _ = proc.communicate(timeout=timeout)
-    assert killed is not None, f"never caught a running {script} job:\n{out[-3000:]}"
+    proc.wait(timeout=timeout)
+    text = log.read_text()
+    assert killed is not None, f"never caught a running {script} job:\n{text[-3000:]}"
     assert proc.returncode != 0, f"the run survived the kill of {script}"
-    return out
+    return text
 
 
-def test_kill_each_job_type_then_resume(full_run, tmp_path, tiny_model_dir):  # noqa: F811
+def test_kill_each_job_type_then_resume(full_run, tmp_path, tiny_model_dir):
     wd = tmp_path / "crashy"
     write_config(wd, tiny_config(tiny_model_dir))
     rng = random.Random(20261121)
-    train_state = lambda: any(wd.glob("results/tiny/iter*/train_state/state.pt"))
     history = []
     for script in JOBS:
         before = outputs(wd)
         last = script == JOBS[-1]
-        run_and_kill(wd, script, rng, ready=train_state if script == "train" else None, whole_tree=last)
+        run_and_kill(wd, script, rng, whole_tree=last)
         if last:  # a dead Snakemake leaves its lock behind: it cannot tell a dead run from a live one
             snakemake(wd, "--unlock")
         after = outputs(wd)

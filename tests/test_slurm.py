@@ -76,9 +76,12 @@ def tables(root: Path) -> dict[str, bytes]:
 
 
 def _requeue_train_once(wd: Path, stop: threading.Event, seen: dict) -> None:
-    """Like a preemption: once the train job has saved a training state, SLURM requeues it."""
+    """Like a preemption: once the train job has saved a training state (the trainer is held
+    stopped from then on, so it cannot finish first), SLURM requeues it."""
+    from test_crash_resume import freeze_trainer_after_a_state
+
     while not stop.is_set():
-        if any(wd.glob("results/tiny/iter1/train_state/state.pt")):
+        if freeze_trainer_after_a_state(wd, time.time() + 600):
             out = subprocess.run(["squeue", "-h", "-o", "%i %j %k"], capture_output=True, text=True).stdout
             for line in out.splitlines():
                 if "train" in line:
@@ -103,20 +106,23 @@ def test_tiny_dag_through_slurm_with_a_retry_and_a_requeue(slurm, tmp_path, tiny
     for wd in (local, remote):
         write_config(wd, cfg)
     (local / "flaky_failed_once").write_text("")  # the local reference never fails
-    snakemake(local, "--cores", "2")
+    # iteration 1 up to its model, and the base model's evaluation and export (which asks for a GPU)
+    targets = ["results/tiny/iter1/model", "results/tiny/iter0/eval/alpaca_eval.json"]
+    snakemake(local, "--cores", "2", *targets)
 
     stop, seen = threading.Event(), {}
     watcher = threading.Thread(target=_requeue_train_once, args=(remote, stop, seen), daemon=True)
     watcher.start()
     try:
-        proc = snakemake(remote, "--profile", str(REPO / "profiles" / "slurm"), *SMALL, timeout=1500, check=False)
+        proc = snakemake(remote, "--profile", str(REPO / "profiles" / "slurm"), *targets, *SMALL, timeout=1500,
+                         check=False)
     finally:
         stop.set()
     text = proc.stdout + proc.stderr
     assert proc.returncode == 0, text[-6000:]
     # every job went through SLURM: "Job <n> has been submitted with SLURM jobid <id>"
     ids = re.findall(r"SLURM jobid (\d+)", text)
-    assert len(ids) >= 10, text[-3000:]
+    assert len(ids) >= 8, text[-3000:]
     assert list((remote / "logs" / "slurm").rglob("*.log"))
     # the transient failure was retried (a second attempt of the score job)
     assert (remote / "flaky_failed_once").exists()
@@ -128,7 +134,7 @@ def test_tiny_dag_through_slurm_with_a_retry_and_a_requeue(slurm, tmp_path, tiny
     train_log = (remote / "logs" / "tiny" / "iter1" / "train.log").read_text()
     assert "resumed from the training state at optimizer step" in train_log
     # the export job asked for a GPU: SLURM scheduled it on the fake GRES and set its devices
-    export_log = (remote / "logs" / "tiny" / "iter1" / "eval" / "export.log").read_text()
+    export_log = (remote / "logs" / "tiny" / "iter0" / "eval" / "export.log").read_text()
     assert "CUDA_VISIBLE_DEVICES=0" in export_log or "CUDA_VISIBLE_DEVICES=1" in export_log
     a, b = tables(local), tables(remote)
     assert a.keys() == b.keys()
