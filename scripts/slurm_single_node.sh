@@ -48,6 +48,7 @@ MailProg=/bin/true
 ReturnToService=2
 SlurmctldTimeout=30
 SlurmdTimeout=30
+KillWait=5
 StateSaveLocation=/var/spool/slurmctld
 SlurmdSpoolDir=/var/spool/slurmd
 SlurmctldLogFile=/var/log/slurm/slurmctld.log

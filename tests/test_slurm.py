@@ -87,10 +87,16 @@ def _requeue_train_once(wd: Path, stop: threading.Event, seen: dict) -> None:
                 if "train" in line:
                     job = line.split()[0]
                     subprocess.run(["scontrol", "requeue", job], check=False)
-                    # a requeued job waits for its BeginTime (about 2 minutes); a preempted job on a
-                    # busy cluster waits too; here it may start again at once
-                    time.sleep(1)
-                    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False)
+                    # the stopped trainer ignores SLURM's SIGTERM; SIGKILL follows after KillWait (5 s here)
+                    # a requeued job waits for its BeginTime (about 2 minutes), as a preempted job on a
+                    # busy cluster would; here it may start again as soon as it is pending
+                    for _ in range(120):
+                        state = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True,
+                                               text=True).stdout.strip()
+                        if state == "PENDING":
+                            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False)
+                            break
+                        time.sleep(0.5)
                     seen["requeued"] = job
                     return
         time.sleep(0.2)
