@@ -35,14 +35,10 @@ def job_logging(log_path: str | None, gpus: int = 0) -> Iterator[None]:
         from nashflow.devices import claim_gpus
 
         claim_gpus(int(gpus or 0))
-    except NashflowError as err:
-        print(f"nashflow: error: {err}", file=orig_stderr)
-        raise SystemExit(1) from None
-    devices = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if devices is not None or os.environ.get("SLURM_JOB_ID"):
-        logging.getLogger("nashflow").info("job %s on %s: CUDA_VISIBLE_DEVICES=%s", os.environ.get("SLURM_JOB_ID", "-"),
-                                           os.uname().nodename, devices)
-    try:
+        devices = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if devices is not None or os.environ.get("SLURM_JOB_ID"):
+            logging.getLogger("nashflow").info("job %s on %s: CUDA_VISIBLE_DEVICES=%s",
+                                               os.environ.get("SLURM_JOB_ID", "-"), os.uname().nodename, devices)
         yield
     except NashflowError as err:
         logging.getLogger("nashflow").error("%s", err)
