@@ -1,9 +1,21 @@
 """Response log-probabilities: one code path for the log-prob stage and the trainer.
 
 A sequence is the chat-templated prompt (with the assistant header) followed by the response
-tokens, plus EOS when the response finished by itself. Only response tokens are scored.
-Sequences are sorted by length and batched under a token budget, and the LM head runs only
-on response positions (no full-vocabulary tensor for prompt tokens).
+tokens, plus EOS when the response finished by itself. Only response tokens are scored, and the
+LM head runs only on response positions (no full-vocabulary tensor for prompt tokens).
+
+Two ways to batch, with equal results (tested to 1e-4 per token against one unpadded forward per
+sequence):
+
+- packed (default where the attention implementation takes a 4D mask: ``sdpa``, ``eager``): the
+  responses that share a prompt (a pair's chosen and rejected, a prompt's K samples) form one
+  group, ``prompt | response 1 | response 2 | ...``, in which each response attends to the prompt
+  and to itself only and takes the position ids it would have alone; the prompt is computed once.
+  Groups are packed first-fit into rows (no padding between them) and rows are batched under a
+  token budget. See :func:`pack_rows` and :func:`packed_logps`.
+- padded: sequences sorted by length, right-padded batches (:func:`collate`, :func:`token_logps`),
+  used for other attention implementations (e.g. flash-attention-2) and for per-token outputs in
+  the trainer's [B, T] layout (Nash-MD).
 """
 
 from __future__ import annotations
@@ -110,19 +122,207 @@ def length_batches(lengths: Sequence[int], max_tokens: int, max_batch: int = 64)
     return batches
 
 
+def can_pack(model) -> bool:
+    """Whether ``model`` takes a custom 4D attention mask and exposes body and LM head separately."""
+    config = getattr(model, "config", None)  # a DDP wrapper has none: its forward must be called
+    if config is None:
+        return False
+    impl = getattr(config, "_attn_implementation", None) or "eager"
+    return impl in ("sdpa", "eager") and _split_head(model) is not None
+
+
+def prompt_groups(encoded: Sequence[Encoded], candidates: Sequence[Sequence[int]] | None = None) -> list[list[int]]:
+    """Groups of sequence indices that share their prompt tokens exactly.
+
+    ``candidates`` (e.g. a pair's chosen and rejected) limits the sharing to within each candidate
+    group; without it every sequence with the same prompt joins one group.
+    """
+    if candidates is None:
+        candidates = [range(len(encoded))]
+    groups: list[list[int]] = []
+    for cand in candidates:
+        by_prompt: dict[tuple[int, ...], list[int]] = {}
+        for i in cand:
+            e = encoded[i]
+            by_prompt.setdefault(tuple(e.input_ids[: e.response_start]), []).append(i)
+        groups.extend(by_prompt.values())
+    return groups
+
+
+def group_length(encoded: Sequence[Encoded], group: Sequence[int]) -> int:
+    return encoded[group[0]].response_start + sum(encoded[i].n_response for i in group)
+
+
+def split_groups(encoded: Sequence[Encoded], groups: Sequence[Sequence[int]], width: int) -> list[list[int]]:
+    """Groups cut so that each packed group fits ``width`` tokens (a cut repeats the prompt)."""
+    out = []
+    for g in groups:
+        cur: list[int] = []
+        for i in g:
+            if cur and group_length(encoded, cur + [i]) > width:
+                out.append(cur)
+                cur = []
+            cur.append(i)
+        out.append(cur)
+    return out
+
+
+def pack_rows(encoded: Sequence[Encoded], groups: Sequence[Sequence[int]], width: int) -> list[list[list[int]]]:
+    """Groups packed first-fit (longest first) into rows of at most ``width`` tokens."""
+    sized = sorted(((group_length(encoded, g), list(g)) for g in groups), key=lambda x: -x[0])
+    rows: list[list[list[int]]] = []
+    free: list[int] = []
+    for n, g in sized:
+        if n > width:
+            raise ValueError(f"a packed group of {n} tokens does not fit rows of {width}")
+        for r, space in enumerate(free):
+            if n <= space:
+                rows[r].append(g)
+                free[r] -= n
+                break
+        else:
+            rows.append([g])
+            free.append(width - n)
+    return rows
+
+
+@dataclass
+class PackedBatch:
+    """Packed rows as model inputs, and where each response token is read from.
+
+    ``src[k]`` is the flat position (row * width + column) whose hidden state predicts response token
+    ``tgt[k]`` of sequence ``seq[k]`` (an index into ``order``, the encoded indices in this batch).
+    """
+
+    input_ids: torch.Tensor  # [B, W]
+    position_ids: torch.Tensor  # [B, W]
+    attention_mask: torch.Tensor  # [B, 1, W, W] bool, True = may attend
+    src: torch.Tensor  # [N]
+    tgt: torch.Tensor  # [N]
+    seq: torch.Tensor  # [N]
+    order: list[int]
+    tokens: int  # real tokens in the rows (prompts counted once per group)
+
+
+def build_packed(encoded: Sequence[Encoded], rows: Sequence[Sequence[Sequence[int]]], pad_id: int,
+                 device=None) -> PackedBatch:
+    width = max(sum(group_length(encoded, g) for g in row) for row in rows)
+    n_rows = len(rows)
+    ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
+    pos = torch.zeros((n_rows, width), dtype=torch.long)
+    block = torch.zeros((n_rows, width), dtype=torch.long)  # 0 = padding
+    branch = torch.zeros((n_rows, width), dtype=torch.long)  # 0 = prompt, k = k-th response of the group
+    src, tgt, seq, order = [], [], [], []
+    tokens = 0
+    for r, row in enumerate(rows):
+        cur = 0
+        for b, g in enumerate(row, start=1):
+            p = encoded[g[0]].response_start
+            prompt_ids = encoded[g[0]].input_ids[:p]
+            ids[r, cur:cur + p] = torch.tensor(prompt_ids)
+            pos[r, cur:cur + p] = torch.arange(p)
+            block[r, cur:cur + p] = b
+            last_prompt = r * width + cur + p - 1
+            cur += p
+            for k, i in enumerate(g, start=1):
+                resp = encoded[i].input_ids[p:]
+                n = len(resp)
+                ids[r, cur:cur + n] = torch.tensor(resp)
+                pos[r, cur:cur + n] = torch.arange(p, p + n)
+                block[r, cur:cur + n] = b
+                branch[r, cur:cur + n] = k
+                src += [last_prompt] + list(range(r * width + cur, r * width + cur + n - 1))
+                tgt += resp
+                seq += [len(order)] * n
+                order.append(i)
+                cur += n
+        tokens += cur
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    same_block = block[:, :, None] == block[:, None, :]
+    same_branch = (branch[:, None, :] == 0) | (branch[:, :, None] == branch[:, None, :])
+    mask = (same_block & same_branch & causal)[:, None]
+    t = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
+    out = PackedBatch(ids, pos, mask, t(src), t(tgt), t(seq), order, tokens)
+    if device is not None:
+        for name in ("input_ids", "position_ids", "attention_mask", "src", "tgt", "seq"):
+            setattr(out, name, getattr(out, name).to(device))
+    return out
+
+
+def packed_logps(model, batch: PackedBatch, head_chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs per sequence of ``batch.order`` and the flat per-token log-probs.
+
+    One forward of the body over the packed rows; the LM head and log-softmax run only on the
+    positions that predict a response token, as ``logit[y] - logsumexp(logits)`` (no second
+    vocabulary-sized tensor), in chunks of ``head_chunk`` positions when no gradient is needed.
+    The log-softmax and gather are one fused ``cross_entropy`` call (faster than log_softmax +
+    gather or logsumexp on CPU).
+    """
+    body, head = _split_head(model)
+    hidden = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                  position_ids=batch.position_ids).last_hidden_state
+    flat = hidden.reshape(-1, hidden.shape[-1])[batch.src]
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    step = len(flat) if torch.is_grad_enabled() else head_chunk
+    picked = []
+    for a in range(0, len(flat), max(step, 1)):
+        logits = head(flat[a:a + step]).float()
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        picked.append(-torch.nn.functional.cross_entropy(logits, batch.tgt[a:a + step], reduction="none"))
+    tok = torch.cat(picked) if picked else flat.new_zeros(0)
+    sums = torch.zeros(len(batch.order), dtype=tok.dtype, device=tok.device).index_add(0, batch.seq, tok)
+    return sums, tok
+
+
+def packed_batches(encoded: Sequence[Encoded], groups: Sequence[Sequence[int]], max_tokens: int,
+                   width: int | None = None) -> list[list[list[list[int]]]]:
+    """Rows of packed groups, batched so that rows x width stays under ``max_tokens`` (at least one row).
+
+    Rows are as wide as the longest group (capped at ``max_tokens``; longer groups are cut) unless
+    ``width`` is given; a single sequence always fits.
+    """
+    longest = max(len(e.input_ids) for e in encoded)
+    if width is None:
+        width = min(max(group_length(encoded, g) for g in groups), max_tokens)
+    width = max(width, longest)
+    rows = pack_rows(encoded, split_groups(encoded, groups, width), width)
+    rows.sort(key=lambda row: -sum(group_length(encoded, g) for g in row))
+    per_batch = max(1, max_tokens // width)
+    return [rows[i:i + per_batch] for i in range(0, len(rows), per_batch)]
+
+
 @torch.inference_mode()
 def sequence_logps(model, encoded: Sequence[Encoded], pad_id: int, *, max_tokens: int = 4096,
-                   progress: bool = True, per_token: bool = False):
+                   progress: bool = True, per_token: bool = False, packing: bool | None = None,
+                   groups: Sequence[Sequence[int]] | None = None):
     """Summed response log-probs and response token counts for every encoded sequence.
 
-    With ``per_token`` also returns, per sequence, the list of response-token log-probs.
+    With ``per_token`` also returns, per sequence, the list of response-token log-probs. Packed
+    (see the module docstring) when ``packing`` is true or, by default, when the model allows it;
+    ``groups`` says which sequences may share their prompt (default: all with the same prompt).
     """
     device = next(model.parameters()).device
     sums = np.zeros(len(encoded), dtype=np.float64)
     counts = np.array([e.n_response for e in encoded], dtype=np.int64)
     tokens: list[list[float]] = [[] for _ in encoded]
-    batches = length_batches([len(e.input_ids) for e in encoded], max_tokens)
     bar = tqdm(total=len(encoded), desc="log-probs", unit="seq", disable=not progress, mininterval=5)
+    if packing is None:
+        packing = can_pack(model)
+    if packing and encoded and min(e.response_start for e in encoded) >= 1:
+        groups = prompt_groups(encoded, groups)
+        for rows in packed_batches(encoded, groups, max_tokens):
+            batch = build_packed(encoded, rows, pad_id, device)
+            s, tok = packed_logps(model, batch)
+            sums[batch.order] = s.double().cpu().numpy()
+            if per_token:
+                tok_cpu, seq_cpu = tok.float().cpu(), batch.seq.cpu()
+                for j, i in enumerate(batch.order):
+                    tokens[i] = tok_cpu[seq_cpu == j].tolist()
+            bar.update(len(batch.order))
+        bar.close()
+        return (sums, counts, tokens) if per_token else (sums, counts)
+    batches = length_batches([len(e.input_ids) for e in encoded], max_tokens)
     for idx in batches:
         ids, attn, resp = collate([encoded[i] for i in idx], pad_id, device)
         lp = token_logps(model, ids, attn, resp)

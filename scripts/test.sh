@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1
-.venv/bin/ruff check nashflow tests workflow
+.venv/bin/ruff check nashflow tests workflow benchmarks
 exec .venv/bin/python -m pytest "$@"

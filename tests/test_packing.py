@@ -1,0 +1,137 @@
+"""Packed log-probs (shared prompts, rows without padding) equal the plain computation: one
+unpadded forward per sequence with the full vocabulary log-softmax (the correctness guard for the
+log-prob stage's and the trainer's speed-ups)."""
+
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from nashflow.logps import (
+    build_packed,
+    can_pack,
+    encode_pair_side,
+    pack_rows,
+    prompt_groups,
+    sequence_logps,
+    split_groups,
+)
+from nashflow.trainer import LossConfig, PairBatches, TrainConfig
+
+PROMPTS = ["Write a happy note", "What is the weather like today in a small town? Tell me in detail please", "Hi"]
+RESPONSES = ["happy day", "a much longer response with many words in it to score and more words", "no",
+             "sad", "I love this wonderful happy day, thank you so much!", "This is terrible, sad and awful."]
+
+
+def _encoded(tok, max_length=64, max_prompt_length=32):
+    """Three prompts x three responses of different lengths, finished or not; with a small
+    max_length some prompts are cut, so the same prompt can come out with different tokens."""
+    out = []
+    for p, prompt in enumerate(PROMPTS):
+        for k in range(3):
+            text = RESPONSES[(p + 2 * k) % len(RESPONSES)] * (1 + k)
+            out.append(encode_pair_side(tok, [{"role": "user", "content": prompt}], text, finished=k != 1,
+                                        max_length=max_length, max_prompt_length=max_prompt_length))
+    return out
+
+
+def _plain_token_logps(model, e) -> np.ndarray:
+    ids = torch.tensor([e.input_ids])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
+    return logits[torch.arange(len(e.input_ids) - 1), ids[0, 1:]][e.response_start - 1:].numpy()
+
+
+@pytest.mark.parametrize("max_tokens", [48, 4096])
+@pytest.mark.parametrize("max_length", [64, 20])
+def test_packed_logps_equal_one_plain_forward_per_sequence(tiny_model, max_tokens, max_length):
+    model, tok = tiny_model
+    assert can_pack(model)
+    enc = _encoded(tok, max_length=max_length, max_prompt_length=max_length // 2)
+    sums, counts, toks = sequence_logps(model, enc, tok.pad_token_id, max_tokens=max_tokens, progress=False,
+                                        per_token=True, packing=True)
+    for e, s, n, t in zip(enc, sums, counts, toks):
+        ref = _plain_token_logps(model, e)
+        assert n == e.n_response == len(t)
+        np.testing.assert_allclose(t, ref, atol=1e-4, rtol=0)
+        assert s == pytest.approx(ref.sum(), abs=1e-4 * max(1, n))
+    padded = sequence_logps(model, enc, tok.pad_token_id, max_tokens=max_tokens, progress=False, packing=False)[0]
+    np.testing.assert_allclose(sums, padded, atol=1e-4)
+
+
+def test_packing_shares_prompts_and_leaves_no_padding_between_groups(tiny_model):
+    _, tok = tiny_model
+    enc = _encoded(tok)
+    groups = prompt_groups(enc)
+    assert sorted(i for g in groups for i in g) == list(range(len(enc)))
+    prompt = lambda i: tuple(enc[i].input_ids[: enc[i].response_start])  # noqa: E731
+    assert all(len({prompt(i) for i in g}) == 1 for g in groups)  # members share the prompt tokens exactly
+    assert len({prompt(g[0]) for g in groups}) == len(groups)  # one group per distinct prompt
+    assert len(groups) < len(enc) and max(len(g) for g in groups) == 3  # K responses of one prompt share it
+    pairs = prompt_groups(enc, [[0, 1], [2], [6, 7, 8]])  # sharing only within each candidate group
+    assert sorted(map(sorted, pairs)) == [[0, 1], [2], [6, 7, 8]]
+    width = max(len(e.input_ids) for e in enc) + 10
+    cut = split_groups(enc, groups, width)
+    rows = pack_rows(enc, cut, width)
+    assert sorted(i for row in rows for g in row for i in g) == list(range(len(enc)))
+    for row in rows:
+        used = sum(enc[g[0]].response_start + sum(enc[i].n_response for i in g) for g in row)
+        assert used <= width
+    batch = build_packed(enc, rows, tok.pad_token_id)
+    real = sum(len(e.input_ids) for e in enc)
+    shared = sum(enc[g[0]].response_start * (len(g) - 1) for g in cut)
+    assert batch.tokens == real - shared  # each group's prompt computed once
+    assert len(batch.src) == sum(e.n_response for e in enc)
+
+
+def test_packed_mask_keeps_groups_and_branches_apart(tiny_model):
+    _, tok = tiny_model
+    enc = _encoded(tok)[:6]
+    rows = [[[0, 1], [3]]]  # one row: prompt A | resp 0 | resp 1 , prompt B | resp 3
+    b = build_packed(enc, rows, tok.pad_token_id)
+    m = b.attention_mask[0, 0]
+    p0, n0, n1 = enc[0].response_start, enc[0].n_response, enc[1].n_response
+    r1 = p0 + n0  # first token of response 1
+    g2 = r1 + n1  # first token of the second group
+    assert m[r1, :p0].all() and not m[r1, p0:r1].any() and m[r1, r1]  # resp 1 sees the prompt, not resp 0
+    assert not m[g2, :g2].any()  # the second group sees nothing of the first
+    assert b.position_ids[0, r1].item() == p0  # resp 1 starts where it would alone
+    assert b.position_ids[0, g2].item() == 0
+    assert (~m.triu(1)).all()  # causal
+
+
+def test_models_without_4d_masks_use_the_padded_path():
+    flash = types.SimpleNamespace(config=types.SimpleNamespace(_attn_implementation="flash_attention_2"))
+    assert not can_pack(flash)
+    assert not can_pack(torch.nn.Linear(2, 2))  # no config (e.g. a DDP wrapper): padded path, full forward
+
+
+@pytest.mark.parametrize("loss", ["dpo", "mle"])
+def test_trainer_packed_loss_and_gradients_equal_padded(tiny_model_dir, monkeypatch, loss):
+    from nashflow import trainer as T
+    from nashflow.losses import get_loss
+    from nashflow.models import load_model, load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    rows = [{"pair_id": f"p{i}", "messages": [{"role": "user", "content": PROMPTS[i % 3]}],
+             "chosen": RESPONSES[i] * (i + 1), "rejected": RESPONSES[(i + 3) % 6], "chosen_finish": "stop",
+             "rejected_finish": "length", "chosen_target": 0.7, "rejected_target": 0.3, "pref_prob": 0.7,
+             "ref_chosen_logp": -30.0 - i, "ref_chosen_tokens": 10, "ref_rejected_logp": -20.0, "ref_rejected_tokens": 5}
+            for i in range(5)]
+    data = PairBatches(pd.DataFrame(rows), tok, TrainConfig(max_length=48, max_prompt_length=24),
+                       LossConfig(name=loss), n_history=0)
+    results = []
+    for packed in (True, False):
+        monkeypatch.setattr(T, "can_pack", lambda m, packed=packed: packed)
+        model = load_model(tiny_model_dir, eval_mode=False)
+        losses, kw, n_tok = data.loss(model, [0, 1, 2, 3, 4], get_loss(loss), "cpu")
+        losses.mean().backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((losses.detach(), kw["policy_chosen_logps"].detach(), grads, n_tok))
+    (l1, c1, g1, n1), (l2, c2, g2, n2) = results
+    torch.testing.assert_close(c1, c2, atol=1e-4, rtol=0)
+    torch.testing.assert_close(l1, l2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(g1, g2, atol=1e-6, rtol=1e-4)
+    assert n1 == n2  # tokens/s counts the pairs' tokens either way
