@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
+from transformers import LogitsProcessorList
 
 from nashflow.errors import DataError
+from nashflow.sampling import NucleusFilter
 from nashflow.seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -105,8 +107,9 @@ def generate_samples(model, tokenizer, prompts: pd.DataFrame, cfg: SamplingConfi
         torch.manual_seed(batch_seed)
         gen_kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=do_sample, pad_token_id=pad_id,
                           eos_token_id=sorted(stop))
-        if do_sample:
-            gen_kwargs.update(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
+        if do_sample:  # our filter, not transformers' warpers: its top-p sorts the vocabulary at every step
+            gen_kwargs.update(temperature=1.0, top_p=1.0, top_k=0, logits_processor=LogitsProcessorList(
+                [NucleusFilter(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)]))
         if mixture_ref is None:
             out = model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device), **gen_kwargs)
             new = out[:, width:].cpu().tolist()

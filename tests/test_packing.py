@@ -135,3 +135,28 @@ def test_trainer_packed_loss_and_gradients_equal_padded(tiny_model_dir, monkeypa
     torch.testing.assert_close(l1, l2, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(g1, g2, atol=1e-6, rtol=1e-4)
     assert n1 == n2  # tokens/s counts the pairs' tokens either way
+
+
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.95, 0.999])
+def test_nucleus_filter_keeps_what_transformers_top_p_keeps(top_p):
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    from nashflow.sampling import NucleusFilter
+
+    g = torch.Generator().manual_seed(0)
+    # peaked and flat rows; k starts small so the widening path runs too
+    logits = torch.randn(64, 3000, generator=g) * torch.linspace(0.1, 8, 64)[:, None]
+    for temperature, top_k in ((1.0, 0), (0.7, 0), (0.8, 50)):
+        ref = TemperatureLogitsWarper(temperature)(None, logits.clone())
+        if top_k:
+            ref = TopKLogitsWarper(top_k)(None, ref)
+        pre = ref.clone()
+        ref = TopPLogitsWarper(top_p)(None, ref)
+        ours = NucleusFilter(temperature=temperature, top_k=top_k, top_p=top_p, k=8)(None, logits.clone())
+        differ = torch.isinf(ours) != torch.isinf(ref)
+        for r, c in differ.nonzero().tolist():  # only float rounding at the nucleus boundary may differ
+            probs = pre[r].softmax(-1)
+            assert abs(float(probs[probs > probs[c]].sum()) - top_p) < 1e-5
+        assert differ.sum() <= 8
+        kept = ~torch.isinf(ours) & ~torch.isinf(ref)
+        torch.testing.assert_close(ours[kept], ref[kept])
