@@ -413,11 +413,13 @@ def bench_orchestration(args, work: Path, repeats: int) -> dict:
     no_probe = {"PATH": f"{stub}{os.pathsep}{os.environ.get('PATH', '')}"}
     dry_found = [run_snakemake(dry_args, work) for _ in range(1 if args.quick else repeats)]
     dry = [run_snakemake(dry_args, work, env=no_probe) for _ in range(repeats)]
-    # Python start-up and imports alone (Snakemake's CLI and nashflow's DAG-time modules).
+    # Python start-up and imports alone (Snakemake's CLI and nashflow's DAG-time modules, as the Snakefile
+    # imports them: torch deferred).
     imports = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import snakemake.cli, nashflow.config"], check=True,
+        subprocess.run([sys.executable, "-c", "import snakemake.cli; from nashflow.torchutil import lazy_torch; "
+                        "lazy_torch(); import nashflow.config"], check=True,
                        env={**os.environ, **no_probe})
         imports.append(time.perf_counter() - t0)
     # Snakemake's own per-job cost: N trivial shell jobs in one run, and 1, the difference per job.
@@ -553,6 +555,8 @@ def main(argv=None) -> None:
     ap.add_argument("--stage-logs", default=str(REPO / "logs" / "default"),
                     help="a run's log folder (logs/<run>) whose iteration-1 benchmark files give the stage breakdown")
     ap.add_argument("--out", default=None, help="JSON file (default benchmarks/results/perf-<device>[-quick].json)")
+    ap.add_argument("--merge", action="store_true",
+                    help="replace only the sections run now in an existing --out file (each section keeps its date)")
     args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")
@@ -584,7 +588,7 @@ def main(argv=None) -> None:
     tok = load_tokenizer(model_dir)
     q = args.quick
     settings = {
-        "train": dict(pairs=8 if q else 12, resp=(8, 40) if q else (24, 160), batch_pairs=4, max_length=256 if q else 512,
+        "train": dict(pairs=8 if q else 16, resp=(8, 40) if q else (24, 160), batch_pairs=4, max_length=256 if q else 512,
                       max_prompt_length=128 if q else 256),
         "logps": dict(pairs=16 if q else 32, resp=(8, 40) if q else (24, 256), batch_pairs=8,
                       max_length=256 if q else 512, max_prompt_length=128 if q else 256),
@@ -620,12 +624,20 @@ def main(argv=None) -> None:
         else:
             out = bench_scaling(args, model_dir, work / "scaling", repeats=args.repeats, **settings["scaling"])
         out["section_seconds"] = time.perf_counter() - t0
+        out["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         res["results"][section] = out
         print(json.dumps({k: v for k, v in out.items() if not isinstance(v, (list, dict))}), flush=True)
-    table = summary_table(res)
-    res["table"] = table
     dest = Path(args.out) if args.out else REPO / "benchmarks" / "results" / (
         f"perf-{'gpu' if args.device.startswith('cuda') else 'cpu'}{'-quick' if q else ''}.json")
+    if args.merge and dest.exists():
+        old = json.loads(dest.read_text())
+        if (old.get("model"), old.get("device"), old.get("dtype"), old.get("quick")) != (res["model"], res["device"],
+                                                                                       res["dtype"], res["quick"]):
+            sys.exit(f"--merge: {dest} was measured with another model, device, dtype or mode")
+        res["results"] = {**old["results"], **res["results"]}
+        res["settings"] = {**old.get("settings", {}), **{k: settings[k] for k in sections if k in settings}}
+    table = summary_table(res)
+    res["table"] = table
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(json.dumps(res, indent=2, default=float) + "\n")
     print(table)

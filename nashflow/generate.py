@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
-from transformers import LogitsProcessorList
 
 from nashflow.errors import DataError
 from nashflow.sampling import NucleusFilter
 from nashflow.seeding import derive_seed
+from nashflow.torchutil import inference_mode
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def _stop_ids(tokenizer, model) -> set[int]:
     return ids
 
 
-@torch.inference_mode()
+@inference_mode
 def generate_samples(model, tokenizer, prompts: pd.DataFrame, cfg: SamplingConfig, *, seed: int,
                      generator: str, progress: bool = True, mixture_ref=None, mixture_coef: float = 0.5,
                      sample_offset: int = 0) -> pd.DataFrame:
@@ -75,6 +75,8 @@ def generate_samples(model, tokenizer, prompts: pd.DataFrame, cfg: SamplingConfi
     the samples come from Nash-MD's geometric mixture of ``model`` and ``mixture_ref``
     (``sampler`` = ``mixture``); sample indices start at ``sample_offset``.
     """
+    from transformers import LogitsProcessorList
+
     device = next(model.parameters()).device
     context = getattr(model.config, "max_position_embeddings", None)
     encoded = []

@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nashflow.generate import encode_prompt
+from nashflow.torchutil import inference_mode
 
 
 @dataclass(frozen=True)
@@ -292,7 +293,7 @@ def packed_batches(encoded: Sequence[Encoded], groups: Sequence[Sequence[int]], 
     return [rows[i:i + per_batch] for i in range(0, len(rows), per_batch)]
 
 
-@torch.inference_mode()
+@inference_mode
 def sequence_logps(model, encoded: Sequence[Encoded], pad_id: int, *, max_tokens: int = 4096,
                    progress: bool = True, per_token: bool = False, packing: bool | None = None,
                    groups: Sequence[Sequence[int]] | None = None):

@@ -19,12 +19,12 @@ Notation: h_M = L_M(y_w) − L_M(y_l) for a model M; σ the logistic sigmoid; sg
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 
-Tensor = torch.Tensor
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def _h(chosen: Tensor, rejected: Tensor) -> Tensor:
@@ -56,7 +56,7 @@ def dpo(*, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chose
         ref_rejected_logps: Tensor, beta: float = 0.1, **_) -> Tensor:
     """DPO (Rafailov et al. 2023, eq. 7): ``loss = −log σ(β·(h_θ − h_ref))``."""
     logits = _h(policy_chosen_logps, policy_rejected_logps) - _h(ref_chosen_logps, ref_rejected_logps)
-    return -F.logsigmoid(beta * logits)
+    return -torch.nn.functional.logsigmoid(beta * logits)
 
 
 def ipo(*, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
@@ -142,7 +142,7 @@ def mnpo_dpo(*, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_
              history_weights: Sequence[float] | None = None, max_history: int | None = None, **_) -> Tensor:
     """MNPO's DPO variant: ``loss = −log σ(β(h_θ − h_ref)) + c_het·(h_θ − Σ_j λ_j·h_{π_j})²``."""
     h_pol = _h(policy_chosen_logps, policy_rejected_logps)
-    loss = -F.logsigmoid(beta * (h_pol - _h(ref_chosen_logps, ref_rejected_logps)))
+    loss = -torch.nn.functional.logsigmoid(beta * (h_pol - _h(ref_chosen_logps, ref_rejected_logps)))
     mix = _history_mix(history_chosen_logps, history_rejected_logps, history_weights, max_history)
     if mix is not None and het_loss_weight:
         loss = loss + het_loss_weight * (h_pol - mix) ** 2

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from nashflow.torchutil import inference_mode
+
 
 def mixture_logprobs(policy_logits: torch.Tensor, ref_logits: torch.Tensor, alpha: float) -> torch.Tensor:
     """log π_mix = log_softmax(α·z_ref + (1−α)·z_θ) over the last dimension."""
@@ -32,7 +34,7 @@ def _filter(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) 
     return logits
 
 
-@torch.inference_mode()
+@inference_mode
 def generate_mixture(policy, ref, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, alpha: float,
                      max_new_tokens: int, temperature: float, top_p: float, top_k: int, stop_ids: set[int],
                      pad_id: int) -> torch.Tensor:

@@ -114,7 +114,7 @@ def load_tokenizer(path: str | os.PathLike):
     return tok
 
 
-def load_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device: str | None = None,
+def load_model(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device: str | None = None,
                trust_remote_code: bool = False, eval_mode: bool = True):
     """Load a causal LM from a safetensors folder (never from pickle files)."""
     from transformers import AutoModelForCausalLM
@@ -125,7 +125,8 @@ def load_model(path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, d
     if not any(path.glob("*.safetensors")):
         raise DataError(f"model folder {path} has no *.safetensors weights; nashflow never loads pickled "
                         "weights (.bin/.pt): convert them with save_pretrained(safe_serialization=True)")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True,
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32 if dtype is None else dtype,
+                                                 use_safetensors=True,
                                                  trust_remote_code=trust_remote_code)
     if device:
         model.to(device)

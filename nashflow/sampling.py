@@ -12,7 +12,6 @@ than it is below ``top_p``; at least one token always stays.
 from __future__ import annotations
 
 import torch
-from transformers import LogitsProcessor
 
 
 def nucleus_mask(logits: torch.Tensor, top_p: float, k: int = 256) -> torch.Tensor:
@@ -31,9 +30,11 @@ def nucleus_mask(logits: torch.Tensor, top_p: float, k: int = 256) -> torch.Tens
         k = min(2 * k, vocab)
 
 
-class NucleusFilter(LogitsProcessor):
-    """Temperature, then top-k, then top-p, as ``generate(temperature=, top_k=, top_p=)`` apply them
-    (use it with those left at 1.0 / 0 / 1.0)."""
+class NucleusFilter:
+    """Temperature, then top-k, then top-p, as ``generate(temperature=, top_k=, top_p=)`` apply them;
+    a logits processor for ``generate(logits_processor=LogitsProcessorList([...]))`` with those left
+    at 1.0 / 0 / 1.0. (Not a subclass of transformers' ``LogitsProcessor``, so that importing it
+    does not import transformers: the workflow's DAG-time imports stay light.)"""
 
     def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, k: int = 256):
         self.temperature, self.top_k, self.top_p, self.k = temperature, top_k, top_p, k

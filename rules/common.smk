@@ -5,6 +5,10 @@ import re
 import sys
 from pathlib import Path
 
+from nashflow.torchutil import lazy_torch
+
+lazy_torch()  # building the DAG never runs a model: torch (1.5-2 s to import) loads only if used
+
 from nashflow.config import run_config, run_ids, validate_config
 from nashflow.data import load_prompts
 from nashflow.config import prompts_config, scorer_config

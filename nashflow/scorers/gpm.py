@@ -36,6 +36,7 @@ from nashflow.scorers.base import (
     scorer_device,
     torch_dtype,
 )
+from nashflow.torchutil import inference_mode
 
 HEAD_FILE = "gpm_head.safetensors"
 
@@ -98,7 +99,7 @@ class GPMScorer(Scorer):
             raise DataError(f"GPM {self.path}: value head width {width} must be even and the prompt head "
                             "must have half as many rows")
 
-    @torch.inference_mode()
+    @inference_mode
     def _hidden(self, seqs: list[list[int]]) -> torch.Tensor:
         """Last-layer hidden state at the last token of every sequence (right padding)."""
         out = torch.zeros((len(seqs), self.value_head.shape[1]), device=self.device)

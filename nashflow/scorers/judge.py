@@ -40,6 +40,7 @@ from nashflow.scorers.base import (
     scorer_device,
     torch_dtype,
 )
+from nashflow.torchutil import inference_mode
 
 log = logging.getLogger(__name__)
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[1] / "templates" / "judge_pairwise.txt"
@@ -172,7 +173,7 @@ class JudgeScorer(Scorer):
             hidden = body(input_ids=ids, attention_mask=attn, **kw).last_hidden_state
             yield idx, head(hidden[rows, last])
 
-    @torch.inference_mode()
+    @inference_mode
     def first_wins(self, queries: Sequence[tuple[str, str, str]], progress: bool = False) -> np.ndarray:
         """p(first output wins) for each (instruction, output_a, output_b); queries sharing an
         instruction share one prefix computation."""

@@ -30,6 +30,7 @@ from nashflow.scorers.base import (
     scorer_device,
     torch_dtype,
 )
+from nashflow.torchutil import inference_mode
 
 log = logging.getLogger(__name__)
 INPUT_FORMATS = ("chat", "pair", "response")
@@ -92,7 +93,7 @@ class RewardModelScorer(Scorer):
             return [self.tok(last_user_text(list(m)), r, **kw)["input_ids"] for m, r in zip(messages, responses)]
         return [self.tok(r, **kw)["input_ids"] for r in responses]
 
-    @torch.inference_mode()
+    @inference_mode
     def raw_scores(self, encoded: list[list[int]], progress: bool = False) -> np.ndarray:
         """[N, outputs] model outputs, computed in length-sorted right-padded batches."""
         out: np.ndarray | None = None
