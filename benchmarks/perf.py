@@ -511,9 +511,6 @@ def bench_scaling(args, model_dir: Path, work: Path, *, lengths: list[int], batc
 
 
 # ----------------------------------------------------------------------------------------------------- main
-TARGETS = {"train": ("speedup_vs_trl", 1.3), "logps": ("speedup_vs_trl", 2.0), "generate": ("speedup_vs_naive", 3.0)}
-
-
 def summary_table(res: dict) -> str:
     lines = ["| benchmark | nashflow | peer | ratio | target |", "|---|---|---|---|---|"]
     r = res["results"]

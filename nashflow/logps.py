@@ -253,11 +253,10 @@ def build_packed(encoded: Sequence[Encoded], rows: Sequence[Sequence[Sequence[in
 def packed_logps(model, batch: PackedBatch, head_chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed response log-probs per sequence of ``batch.order`` and the flat per-token log-probs.
 
-    One forward of the body over the packed rows; the LM head and log-softmax run only on the
-    positions that predict a response token, as ``logit[y] - logsumexp(logits)`` (no second
-    vocabulary-sized tensor), in chunks of ``head_chunk`` positions when no gradient is needed.
-    The log-softmax and gather are one fused ``cross_entropy`` call (faster than log_softmax +
-    gather or logsumexp on CPU).
+    One forward of the body over the packed rows; the LM head runs only on the positions that
+    predict a response token, in chunks of ``head_chunk`` positions when no gradient is needed.
+    log π(y) is ``-cross_entropy(logits, y)``: log-softmax and gather in one fused call (faster
+    than log_softmax + gather or logit[y] - logsumexp on CPU).
     """
     body, head = _split_head(model)
     hidden = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
@@ -307,32 +306,41 @@ def sequence_logps(model, encoded: Sequence[Encoded], pad_id: int, *, max_tokens
     sums = np.zeros(len(encoded), dtype=np.float64)
     counts = np.array([e.n_response for e in encoded], dtype=np.int64)
     tokens: list[list[float]] = [[] for _ in encoded]
-    bar = tqdm(total=len(encoded), desc="log-probs", unit="seq", disable=not progress, mininterval=5)
     if packing is None:
         packing = can_pack(model)
     if packing and encoded and min(e.response_start for e in encoded) >= 1:
-        groups = prompt_groups(encoded, groups)
-        for rows in packed_batches(encoded, groups, max_tokens):
-            batch = build_packed(encoded, rows, pad_id, device)
-            s, tok = packed_logps(model, batch)
-            sums[batch.order] = s.double().cpu().numpy()
-            if per_token:
-                tok_cpu, seq_cpu = tok.float().cpu(), batch.seq.cpu()
-                for j, i in enumerate(batch.order):
-                    tokens[i] = tok_cpu[seq_cpu == j].tolist()
-            bar.update(len(batch.order))
-        bar.close()
-        return (sums, counts, tokens) if per_token else (sums, counts)
-    batches = length_batches([len(e.input_ids) for e in encoded], max_tokens)
-    for idx in batches:
-        ids, attn, resp = collate([encoded[i] for i in idx], pad_id, device)
-        lp = token_logps(model, ids, attn, resp)
-        sums[idx] = lp.sum(-1).double().cpu().numpy()
-        if per_token:
-            mask = resp[:, 1:].cpu()
-            lp_cpu = lp.float().cpu()
-            for row, i in enumerate(idx):
-                tokens[i] = lp_cpu[row][mask[row]].tolist()
-        bar.update(len(idx))
+        batches = _packed_results(model, encoded, prompt_groups(encoded, groups), pad_id, max_tokens, device, per_token)
+    else:
+        batches = _padded_results(model, encoded, pad_id, max_tokens, device, per_token)
+    bar = tqdm(total=len(encoded), desc="log-probs", unit="seq", disable=not progress, mininterval=5)
+    for order, batch_sums, batch_tokens in batches:
+        sums[order] = batch_sums
+        for i, t in zip(order, batch_tokens):
+            tokens[i] = t
+        bar.update(len(order))
     bar.close()
     return (sums, counts, tokens) if per_token else (sums, counts)
+
+
+def _packed_results(model, encoded, groups, pad_id, max_tokens, device, per_token):
+    """(encoded indices, summed log-probs, per-token lists or nothing) per packed batch."""
+    for rows in packed_batches(encoded, groups, max_tokens):
+        batch = build_packed(encoded, rows, pad_id, device)
+        s, tok = packed_logps(model, batch)
+        per = []
+        if per_token:
+            tok_cpu, seq_cpu = tok.float().cpu(), batch.seq.cpu()
+            per = [tok_cpu[seq_cpu == j].tolist() for j in range(len(batch.order))]
+        yield batch.order, s.double().cpu().numpy(), per
+
+
+def _padded_results(model, encoded, pad_id, max_tokens, device, per_token):
+    """(encoded indices, summed log-probs, per-token lists or nothing) per length-sorted padded batch."""
+    for idx in length_batches([len(e.input_ids) for e in encoded], max_tokens):
+        ids, attn, resp = collate([encoded[i] for i in idx], pad_id, device)
+        lp = token_logps(model, ids, attn, resp)
+        per = []
+        if per_token:
+            mask, lp_cpu = resp[:, 1:].cpu(), lp.float().cpu()
+            per = [lp_cpu[row][mask[row]].tolist() for row in range(len(idx))]
+        yield idx, lp.sum(-1).double().cpu().numpy(), per
