@@ -73,7 +73,7 @@ def collate(encoded: Sequence[Encoded], pad_id: int, device=None):
 
 
 def _split_head(model):
-    """(decoder body, lm_head) when the model exposes them, else None (use the full forward)."""
+    """(decoder body, lm_head) when the model exposes them, else None (used by the judge's prefix cache)."""
     get_dec = getattr(model, "get_decoder", None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if get_dec is None or head is None:
@@ -84,6 +84,34 @@ def _split_head(model):
     return body, head
 
 
+def unwrap(model):
+    """The model inside DDP / DeepSpeed engine wrappers (FSDP2 and peft models are their own modules)."""
+    while isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module
+    return model
+
+
+def logits_at(model, src: torch.Tensor, **inputs) -> torch.Tensor:
+    """Logits [N, V] at the flat positions ``src`` (row * width + column) of the model's inputs.
+
+    The forward is the (possibly wrapped) model's own, so DDP, DeepSpeed's engine (ZeRO-3's
+    parameter hooks), FSDP2's root module and accelerate's autocast all apply; the model's own
+    output code (e.g. Gemma-2's logit soft-capping) too. A pre-hook on the output embeddings hands
+    the LM head only the ``src`` hidden states, so no full-vocabulary tensor exists for the other
+    positions (``logits_to_keep=0`` keeps the model from slicing them first).
+    """
+    def pick(_module, args):
+        hidden = args[0]
+        return (hidden.reshape(-1, hidden.shape[-1])[src],)
+
+    handle = unwrap(model).get_output_embeddings().register_forward_pre_hook(pick)
+    try:
+        out = model(**inputs, logits_to_keep=0, use_cache=False)
+    finally:
+        handle.remove()
+    return out.logits.reshape(len(src), -1)
+
+
 def token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 response_mask: torch.Tensor) -> torch.Tensor:
     """Per-token log π(y_t | x, y_<t) on response positions, zero elsewhere; shape [B, T-1].
@@ -92,19 +120,12 @@ def token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     """
     labels = input_ids[:, 1:]
     mask = response_mask[:, 1:]
-    split = _split_head(model)
-    if split is not None:
-        body, head = split
-        hidden = body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]
-        logits = head(hidden[mask]).float()
-        softcap = getattr(model.config, "final_logit_softcapping", None)
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-    else:
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1][mask].float()
-    picked = torch.gather(logits.log_softmax(-1), -1, labels[mask].unsqueeze(-1)).squeeze(-1)
+    width = input_ids.shape[1]
+    rows, cols = mask.nonzero(as_tuple=True)
+    logits = logits_at(model, rows * width + cols, input_ids=input_ids, attention_mask=attention_mask).float()
+    picked = -torch.nn.functional.cross_entropy(logits, labels[rows, cols], reduction="none")
     out = torch.zeros(labels.shape, dtype=picked.dtype, device=picked.device)
-    return out.masked_scatter(mask, picked)
+    return out.index_put((rows, cols), picked)
 
 
 def length_batches(lengths: Sequence[int], max_tokens: int, max_batch: int = 64) -> list[list[int]]:
@@ -124,12 +145,13 @@ def length_batches(lengths: Sequence[int], max_tokens: int, max_batch: int = 64)
 
 
 def can_pack(model) -> bool:
-    """Whether ``model`` takes a custom 4D attention mask and exposes body and LM head separately."""
-    config = getattr(model, "config", None)  # a DDP wrapper has none: its forward must be called
-    if config is None:
+    """Whether ``model`` (or the model inside its DDP / DeepSpeed wrapper) takes a custom 4D attention mask."""
+    inner = unwrap(model)
+    config = getattr(inner, "config", None)
+    if config is None or not hasattr(inner, "get_output_embeddings"):
         return False
     impl = getattr(config, "_attn_implementation", None) or "eager"
-    return impl in ("sdpa", "eager") and _split_head(model) is not None
+    return impl in ("sdpa", "eager")
 
 
 def prompt_groups(encoded: Sequence[Encoded], candidates: Sequence[Sequence[int]] | None = None) -> list[list[int]]:
@@ -250,27 +272,17 @@ def build_packed(encoded: Sequence[Encoded], rows: Sequence[Sequence[Sequence[in
     return out
 
 
-def packed_logps(model, batch: PackedBatch, head_chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+def packed_logps(model, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed response log-probs per sequence of ``batch.order`` and the flat per-token log-probs.
 
-    One forward of the body over the packed rows; the LM head runs only on the positions that
-    predict a response token, in chunks of ``head_chunk`` positions when no gradient is needed.
-    log π(y) is ``-cross_entropy(logits, y)``: log-softmax and gather in one fused call (faster
-    than log_softmax + gather or logit[y] - logsumexp on CPU).
+    One forward over the packed rows (through the model's own forward, see :func:`logits_at`); the
+    LM head runs only on the positions that predict a response token. log π(y) is
+    ``-cross_entropy(logits, y)``: log-softmax and gather in one fused call (faster than
+    log_softmax + gather or logit[y] - logsumexp on CPU).
     """
-    body, head = _split_head(model)
-    hidden = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                  position_ids=batch.position_ids).last_hidden_state
-    flat = hidden.reshape(-1, hidden.shape[-1])[batch.src]
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    step = len(flat) if torch.is_grad_enabled() else head_chunk
-    picked = []
-    for a in range(0, len(flat), max(step, 1)):
-        logits = head(flat[a:a + step]).float()
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
-        picked.append(-torch.nn.functional.cross_entropy(logits, batch.tgt[a:a + step], reduction="none"))
-    tok = torch.cat(picked) if picked else flat.new_zeros(0)
+    logits = logits_at(model, batch.src, input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       position_ids=batch.position_ids)
+    tok = -torch.nn.functional.cross_entropy(logits.float(), batch.tgt, reduction="none")
     sums = torch.zeros(len(batch.order), dtype=tok.dtype, device=tok.device).index_add(0, batch.seq, tok)
     return sums, tok
 

@@ -236,41 +236,64 @@ def add_lora(model, spec: dict[str, Any]):
 
 class TrainState:
     """A resumable training state outside the job's declared outputs (Snakemake deletes those when a
-    job fails): weights, optimizer, scheduler, step, metric rows, the best validation state and the
-    RNG state, in one file written atomically every ``checkpoint_every`` optimizer steps and loaded
-    with ``torch.load(weights_only=True)`` (no pickled code). A state is used only when its
-    fingerprint (inputs and settings) matches; it is removed once the model is saved."""
+    job fails), saved every ``checkpoint_every`` optimizer steps into ``<folder>/current``:
+    accelerate's ``save_state`` (weights, optimizer and scheduler; one shard per rank under
+    DeepSpeed and FSDP, written collectively) and ``meta.pt`` (step, metric rows, the best validation
+    state, loaded with ``torch.load(weights_only=True)``: no pickled code). A new state is written
+    beside the old one and renamed into place, so a kill never leaves a torn state. A state is used
+    only when its fingerprint (inputs, settings, processes) matches; it is removed once the model is
+    saved."""
 
-    def __init__(self, folder: str | None, fingerprint: str):
-        self.path = Path(folder) / "state.pt" if folder else None
+    def __init__(self, acc, folder: str | None, fingerprint: str):
+        self.acc = acc
+        self.folder = Path(folder) if folder else None
         self.fingerprint = fingerprint
 
+    @property
+    def path(self) -> Path | None:
+        return self.folder / "current" if self.folder else None
+
     def load(self) -> dict[str, Any] | None:
-        if self.path is None or not self.path.exists():
+        """The saved meta data, with model, optimizer and scheduler restored (every rank), or None."""
+        if self.path is None or not (self.path / "meta.pt").exists():
             return None
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
+            meta = torch.load(self.path / "meta.pt", map_location="cpu", weights_only=True)
         except Exception as err:  # a torn file cannot happen (atomic rename), a foreign one can
             log.warning("ignoring unreadable training state %s: %s", self.path, err)
             return None
-        if state.get("fingerprint") != self.fingerprint:
+        if meta.get("fingerprint") != self.fingerprint:
             log.warning("ignoring training state %s: it was made with other inputs or settings", self.path)
             return None
-        return state
+        self.acc.load_state(str(self.path))
+        return meta
 
-    def save(self, state: dict[str, Any]) -> None:
-        if self.path is None:
+    def save(self, meta: dict[str, Any]) -> None:
+        """Collective: every rank calls it."""
+        import shutil
+
+        if self.folder is None:
             return
-        from nashflow.io import atomic_path
-
-        with atomic_path(self.path) as tmp:
-            torch.save({**state, "fingerprint": self.fingerprint}, tmp)
+        nxt, old = self.folder / "next", self.folder / "previous"
+        if self.acc.is_main_process:
+            shutil.rmtree(nxt, ignore_errors=True)
+        self.acc.wait_for_everyone()
+        self.acc.save_state(str(nxt), safe_serialization=True)
+        self.acc.wait_for_everyone()  # every rank has written its shard (and its RNG state) before the rename
+        if self.acc.is_main_process:
+            torch.save({**meta, "fingerprint": self.fingerprint}, nxt / "meta.pt")
+            shutil.rmtree(old, ignore_errors=True)
+            if self.path.exists():
+                self.path.rename(old)
+            nxt.rename(self.path)
+            shutil.rmtree(old, ignore_errors=True)
+        self.acc.wait_for_everyone()
 
     def clear(self) -> None:
-        if self.path is not None and self.path.exists():
+        if self.folder is not None and self.folder.exists():
             import shutil
 
-            shutil.rmtree(self.path.parent, ignore_errors=True)
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _fingerprint(*parts: Any) -> str:
@@ -325,6 +348,95 @@ class MetricWriters:
             self.wandb.finish()
 
 
+def _sharding_on_cpu(acc) -> None:
+    """Let CPU processes (our tests, CPU clusters) run DeepSpeed and FSDP as the launcher asked.
+
+    accelerate 1.15 turns FSDP on only in its GPU branch, and under DeepSpeed on CPU it leaves its
+    process count at 1 although DeepSpeed has joined all processes over gloo. Both are set here,
+    right after ``Accelerator()`` and before ``prepare``; on GPUs this does nothing."""
+    import os
+
+    import torch.distributed as dist
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if acc.device.type != "cpu" or not dist.is_initialized() or dist.get_world_size() < 2:
+        return
+    states = (PartialState._shared_state, AcceleratorState._shared_state)  # AcceleratorState holds a copy
+    if acc.distributed_type == DistributedType.DEEPSPEED and acc.num_processes != dist.get_world_size():
+        for shared in states:
+            shared.update(num_processes=dist.get_world_size(), process_index=dist.get_rank(),
+                          local_process_index=int(os.environ.get("LOCAL_RANK", dist.get_rank())), backend="gloo")
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and acc.distributed_type != DistributedType.FSDP:
+        acc.state.fsdp_plugin = FullyShardedDataParallelPlugin()
+        for shared in states:
+            shared["distributed_type"] = DistributedType.FSDP
+
+
+def _configure_deepspeed(acc, train_cfg: TrainConfig) -> None:
+    """Fill what DeepSpeed cannot infer without a DataLoader: the micro-batch (pairs per process),
+    gradient clipping from ``training.max_grad_norm`` and, for ZeRO-3, gathering full weights on save."""
+    from accelerate.utils import DistributedType
+
+    if acc.distributed_type != DistributedType.DEEPSPEED:
+        return
+    ds = acc.state.deepspeed_plugin.deepspeed_config
+    ds["train_micro_batch_size_per_gpu"] = train_cfg.batch_size
+    ds["gradient_clipping"] = float(train_cfg.max_grad_norm)
+    zero = ds.setdefault("zero_optimization", {})
+    if int(zero.get("stage", 0)) == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+
+
+def _shards_parameters(acc) -> bool:
+    """Whether a rank holds only a shard of the weights (ZeRO-3, FSDP)."""
+    from accelerate.utils import DistributedType
+
+    if acc.distributed_type == DistributedType.FSDP:
+        return True
+    if acc.distributed_type == DistributedType.DEEPSPEED:
+        return int(acc.state.deepspeed_plugin.zero_stage) == 3
+    return False
+
+
+def parameter_share(model) -> tuple[int, int]:
+    """(values this process holds, values of the full model): less than all under ZeRO-3 and FSDP."""
+    held = total = 0
+    for p in model.parameters():
+        if hasattr(p, "ds_numel"):  # DeepSpeed ZeRO-3: the local partition is ds_tensor
+            held, total = held + p.ds_tensor.numel(), total + p.ds_numel
+        elif hasattr(p, "to_local"):  # FSDP2: a DTensor over the processes
+            held, total = held + p.to_local().numel(), total + p.numel()
+        else:
+            held, total = held + p.numel(), total + p.numel()
+    return held, total
+
+
+def _full_state_dict(acc, model) -> dict[str, torch.Tensor]:
+    """The full-size weights on CPU, gathered collectively (every rank calls it; the main process gets
+    them, the others may get an empty dict)."""
+    sd = acc.get_state_dict(model)
+    if not acc.is_main_process:
+        return {}
+    # tied weights (e.g. lm_head = embed_tokens) once, as save_pretrained writes them
+    seen, tied = set(), set()
+    for name, p in acc.unwrap_model(model).named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            tied.add(name)
+        seen.add(id(p))
+    return {k: v.detach().cpu().clone() for k, v in (sd or {}).items() if k not in tied}
+
+
+def _initial_weights(policy_path: str) -> dict[str, torch.Tensor]:
+    """The initial policy's weights read from its safetensors files (no model load, no collective)."""
+    from safetensors.torch import load_file
+
+    sd: dict[str, torch.Tensor] = {}
+    for f in sorted(Path(policy_path).glob("*.safetensors")):
+        sd.update(load_file(f))
+    return sd
+
+
 def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_dir: str, metrics_path: str,
           train_cfg: TrainConfig, loss_cfg: LossConfig, parents: dict[str, Any] | None = None,
           progress: bool = True, tensorboard_dir: str | None = None, state_dir: str | None = None) -> None:
@@ -332,12 +444,22 @@ def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_di
 
     Metrics per optimizer step go to ``metrics_path`` (CSV) and, per ``train_cfg.report_to``, to
     TensorBoard event files in ``tensorboard_dir`` and to wandb. With ``state_dir`` a killed job
-    resumes from its last saved state (see :class:`TrainState`) instead of restarting."""
+    resumes from its last saved state (see :class:`TrainState`) instead of restarting. Under
+    DeepSpeed ZeRO-2/3 and FSDP (chosen by the launcher) weights are gathered collectively for the
+    best-validation copy and the saved model, and saved by the main process."""
     from accelerate import Accelerator
+    from accelerate.utils import DistributedType, GradientAccumulationPlugin
 
     from nashflow.models import load_model, load_tokenizer
 
-    acc = Accelerator(gradient_accumulation_steps=train_cfg.grad_accum)
+    # The plugin, not an int: accelerate would read a DeepSpeed yaml's "auto" from the environment
+    acc = Accelerator(gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=train_cfg.grad_accum))
+    _sharding_on_cpu(acc)
+    _configure_deepspeed(acc, train_cfg)
+    sharded = _shards_parameters(acc)
+    if train_cfg.lora and sharded:
+        raise DataError("training.lora needs the full weights on every process: use training.distributed "
+                        "ddp or zero2 (not zero3 or fsdp) with LoRA")
     seed_everything(train_cfg.seed)
     df = load_training_table(pairs_path, logps)
     n_history = len(logps.get("history", []))
@@ -348,7 +470,7 @@ def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_di
             raise DataError(f"{len(df)} pairs are too few for a validation split of {loss_cfg.val_fraction}")
         val_df, df = df[is_val].reset_index(drop=True), df[~is_val].reset_index(drop=True)
     tok = load_tokenizer(policy_path)
-    model = load_model(policy_path, eval_mode=False)
+    model = load_model(policy_path, eval_mode=False)  # every rank (ZeRO-3 init partitions it collectively)
     if train_cfg.lora:
         model = add_lora(model, train_cfg.lora)
     model.config.use_cache = False
@@ -377,12 +499,19 @@ def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_di
         opt = torch.optim.AdamW(params, lr=train_cfg.learning_rate, weight_decay=train_cfg.weight_decay)
     warmup = int(round(train_cfg.warmup_ratio * total_steps))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(train_cfg.lr_scheduler, total_steps, warmup))
-    # The scheduler is stepped by hand once per optimizer step (batches are sharded by hand).
+    # The scheduler is stepped by hand once per optimizer step (batches are sharded by hand), so it
+    # is not prepared, only registered for the resumable state.
     model, opt = acc.prepare(model, opt)
+    acc.register_for_checkpointing(sched)
+    held, total = parameter_share(model)
+    log.info("%s on %d process(es); this one holds %d of %d parameter values", acc.distributed_type.value, world,
+             held, total)
+    deepspeed = acc.distributed_type == DistributedType.DEEPSPEED
     loss_fn = get_loss(loss_cfg.name)
     beta = loss_cfg.beta
 
     def validation_loss() -> float:
+        """Mean loss over the validation pairs; every rank computes it (sharded forwards are collective)."""
         model.eval()
         total, n = 0.0, 0
         with torch.no_grad():
@@ -391,18 +520,15 @@ def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_di
                 losses, _, _ = val.loss(model, idx, loss_fn, acc.device)
                 total, n = total + float(losses.sum()), n + len(idx)
         model.train()
-        return total / max(n, 1)
+        return float(acc.reduce(torch.tensor(total / max(n, 1), device=acc.device), "mean"))
 
     rows: list[dict[str, Any]] = []
     step, t0, tokens = 0, time.time(), 0
-    saver = TrainState(state_dir, _fingerprint(policy_path, _file_digest(str(Path(policy_path) / "model.safetensors")),
-                                               pairs_path, _file_digest(pairs_path), logps, asdict(train_cfg),
-                                               asdict(loss_cfg), world))
+    saver = TrainState(acc, state_dir, _fingerprint(
+        policy_path, _file_digest(str(Path(policy_path) / "model.safetensors")), pairs_path, _file_digest(pairs_path),
+        logps, asdict(train_cfg), asdict(loss_cfg), world, str(acc.distributed_type)))
     resumed = saver.load()
     if resumed is not None:
-        acc.unwrap_model(model).load_state_dict(resumed["model"])
-        opt.load_state_dict(resumed["optimizer"])
-        sched.load_state_dict(resumed["scheduler"])
         step, rows, tokens = int(resumed["step"]), list(resumed["rows"]), int(resumed["tokens"])
         best = {"val_loss": resumed["best_val_loss"], "step": int(resumed["best_step"]), "state": resumed["best_state"]}
         log.info("resumed from the training state at optimizer step %d of %d (%s)", step, total_steps, saver.path)
@@ -426,13 +552,15 @@ def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_di
             with acc.accumulate(model):
                 losses, kw, n_tok = data.loss(model, idx, loss_fn, acc.device)
                 loss = losses.mean()
-                acc.backward(loss)
+                acc.backward(loss)  # under DeepSpeed the engine also clips and steps here
                 gnorm = None
-                if acc.sync_gradients and train_cfg.max_grad_norm:
+                if acc.sync_gradients and train_cfg.max_grad_norm and not deepspeed:
                     gnorm = acc.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
                 opt.step()
                 if acc.sync_gradients:
                     sched.step()
+                    if deepspeed:
+                        gnorm = model.get_global_grad_norm()
                 opt.zero_grad()
                 tokens += n_tok
                 with torch.no_grad():
@@ -458,21 +586,31 @@ def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_di
                 if val is not None and step % steps_per_epoch == 0:
                     row["val_loss"] = validation_loss()
                     if row["val_loss"] < best["val_loss"]:
-                        best.update(val_loss=row["val_loss"], step=step,
-                                    state={k: v.detach().cpu().clone()
-                                           for k, v in acc.unwrap_model(model).state_dict().items()})
+                        best.update(val_loss=row["val_loss"], step=step, state=_full_state_dict(acc, model))
                 rows.append(row)
                 writers.write(row)
                 every = train_cfg.checkpoint_every
-                if every and step % every == 0 and step < total_steps and acc.is_main_process:
-                    saver.save({"model": acc.unwrap_model(model).state_dict(), "optimizer": opt.state_dict(),
-                                "scheduler": sched.state_dict(), "step": step, "rows": rows, "tokens": tokens,
-                                "best_val_loss": best["val_loss"], "best_step": best["step"],
-                                "best_state": best["state"]})
+                if every and step % every == 0 and step < total_steps:
+                    saver.save({"step": step, "rows": rows, "tokens": tokens, "best_val_loss": best["val_loss"],
+                                "best_step": best["step"], "best_state": best["state"]})
                 bar.set_postfix(loss=f"{stats['loss']:.4f}", acc=f"{stats['rewards_accuracy']:.2f}")
                 bar.update(1)
     bar.close()
     writers.close()
+    keep_initial = val is not None and best["state"] is None
+    if val is not None and best["state"] is None:
+        log.warning("no epoch improved the validation loss (%.6g at step 0): the saved model is the initial "
+                    "policy; with few validation pairs consider a larger val_fraction or select_best: false",
+                    best["val_loss"])
+    # COMAL keeps the best validation checkpoint (step 0 = the initial policy; with LoRA the adapters
+    # are dropped below instead of merged). Gathering the weights is collective: every rank.
+    if train_cfg.lora:
+        final = None  # full weights on every rank: the main process merges and saves the module itself
+    elif val is not None:
+        final = best["state"] if best["state"] is not None else (_initial_weights(policy_path) if acc.is_main_process
+                                                                 else {})
+    else:
+        final = _full_state_dict(acc, model)
     acc.wait_for_everyone()
     if acc.is_main_process:
         fields = list(dict.fromkeys(k for r in rows for k in r)) or ["step"]
@@ -481,33 +619,26 @@ def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_di
             writer.writeheader()
             writer.writerows(rows)
         unwrapped = acc.unwrap_model(model)
-        keep_initial = val is not None and best["state"] is None
-        if val is not None:
-            # COMAL keeps the best validation checkpoint (step 0 = the initial policy; with LoRA the
-            # adapters are dropped below instead of merged).
-            if best["state"] is not None:
-                unwrapped.load_state_dict(best["state"])
-            elif not train_cfg.lora:
-                unwrapped.load_state_dict(load_model(policy_path).state_dict())
-            if best["state"] is None:
-                log.warning("no epoch improved the validation loss (%.6g at step 0): the saved model is the initial "
-                            "policy; with few validation pairs consider a larger val_fraction or select_best: false",
-                            best["val_loss"])
         unwrapped.config.use_cache = True
         extra = {"best_step": best["step"], "best_val_loss": best["val_loss"]} if val is not None else {}
         with atomic_dir(output_dir) as tmp:
             if train_cfg.lora:
+                if best["state"] is not None:
+                    unwrapped.load_state_dict(best["state"])
                 # the adapter (the iterate's delta over π_{t-1}) is kept; sampling and log-prob jobs
                 # read the merged weights beside it
                 unwrapped.save_pretrained(tmp / "adapter", safe_serialization=True)
                 unwrapped = unwrapped.unload() if keep_initial else unwrapped.merge_and_unload()
                 extra["lora"] = dict(train_cfg.lora)
-            unwrapped.save_pretrained(tmp, safe_serialization=True)
+                unwrapped.save_pretrained(tmp, safe_serialization=True)
+            else:
+                unwrapped.save_pretrained(tmp, state_dict=final, safe_serialization=True)
             tok.save_pretrained(tmp)
             write_json(provenance(parents=parents or {"policy_init": policy_path, "pairs": pairs_path},
                                   config={"train": asdict(train_cfg), "loss": asdict(loss_cfg)},
                                   seed=train_cfg.seed, role="policy", n_pairs=len(df), steps=step,
-                                  processes=world, **extra), tmp / "provenance.json")
+                                  processes=world, distributed=str(acc.distributed_type.value), **extra),
+                       tmp / "provenance.json")
         saver.clear()
     acc.wait_for_everyone()
 

@@ -62,13 +62,13 @@ def freeze_trainer_after_a_state(wd: Path, deadline: float) -> bool:
     pid = trainers[0]
     try:
         os.kill(pid, signal.SIGSTOP)
-        while not any(wd.glob("results/tiny/iter*/train_state/state.pt")) and time.time() < deadline:
+        while not any(wd.glob("results/tiny/iter*/train_state/current/meta.pt")) and time.time() < deadline:
             os.kill(pid, signal.SIGCONT)
             time.sleep(0.02)
             os.kill(pid, signal.SIGSTOP)
     except ProcessLookupError:
         return False
-    return any(wd.glob("results/tiny/iter*/train_state/state.pt"))
+    return any(wd.glob("results/tiny/iter*/train_state/current/meta.pt"))
 
 
 def outputs(wd: Path) -> dict[str, int]:
@@ -143,7 +143,7 @@ def test_kill_each_job_type_then_resume(full_run, tmp_path, tiny_model_dir):
     # training was killed after saving a state and resumed from it; the state is gone once done
     logs = "".join(p.read_text() for p in (wd / "logs" / "tiny").glob("iter*/train.log"))
     assert "resumed from the training state at optimizer step" in logs
-    assert not list(wd.glob("results/tiny/iter*/train_state/state.pt"))
+    assert not list(wd.glob("results/tiny/iter*/train_state/current/meta.pt"))
     a, b = deterministic(full_run), deterministic(wd)
     assert a.keys() == b.keys()
     different = [k for k in a if a[k] != b[k]]

@@ -40,31 +40,3 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_model
 
     assert read_provenance(tmp_path / "ddp")["processes"] == 2 and read_provenance(tmp_path / "one")["processes"] == 1
     assert read_provenance(tmp_path / "ddp")["steps"] == read_provenance(tmp_path / "one")["steps"] == 3
-
-
-def test_launch_command_lines(tmp_path):
-    from nashflow.launch import accelerate_command, multinode_command
-
-    one = accelerate_command(0, "s.json")
-    assert "--cpu" in one and one[one.index("--num_processes") + 1] == "1"
-    eight = accelerate_command(8, "s.json", "config/accelerate/zero3.yaml", "bf16")
-    assert eight[eight.index("--num_processes") + 1] == "8" and "--multi_gpu" in eight
-    assert eight[eight.index("--config_file") + 1] == "config/accelerate/zero3.yaml"
-    ddp_cpu = accelerate_command(0, "s.json", cpu_processes=2)
-    assert ddp_cpu[2] == "torch.distributed.run" and ddp_cpu[ddp_cpu.index("--nproc_per_node") + 1] == "2"
-    srun = multinode_command(2, 8, "s.json", "config/accelerate/fsdp.yaml", "bf16")
-    assert srun[:6] == ["srun", "--nodes", "2", "--ntasks-per-node", "1", "--kill-on-bad-exit=1"]
-    inner = srun[-1]
-    assert inner.startswith('MAIN_HOST=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1); ')
-    for part in ("--num_machines 2", "--num_processes 16", "--machine_rank $SLURM_NODEID",
-                 "--main_process_ip $MAIN_HOST", "--config_file config/accelerate/fsdp.yaml", "-m nashflow.trainer"):
-        assert part in inner, part
-
-
-def test_shipped_accelerate_configs_parse():
-    import yaml
-    from conftest import REPO
-
-    folder = REPO / "config" / "accelerate"
-    kinds = {p.stem: yaml.safe_load(p.read_text())["distributed_type"] for p in folder.glob("*.yaml")}
-    assert kinds == {"ddp": "MULTI_GPU", "zero2": "DEEPSPEED", "zero3": "DEEPSPEED", "fsdp": "FSDP"}
