@@ -75,7 +75,8 @@ def outputs(wd: Path) -> dict[str, int]:
     """Finished outputs (tables, model weights) and their mtimes."""
     res = wd / "results"
     files = list(res.rglob("*.parquet")) + list(res.rglob("model.safetensors"))
-    return {str(p.relative_to(wd)): p.stat().st_mtime_ns for p in files if ".tmp" not in p.name}
+    return {str(p.relative_to(wd)): p.stat().st_mtime_ns for p in files
+            if ".tmp" not in p.name and "train_state" not in p.parts}  # the resumable state is no output
 
 
 def deterministic(wd: Path) -> dict[str, bytes]:

@@ -105,7 +105,7 @@ def test_packed_mask_keeps_groups_and_branches_apart(tiny_model):
 def test_models_without_4d_masks_use_the_padded_path():
     flash = types.SimpleNamespace(config=types.SimpleNamespace(_attn_implementation="flash_attention_2"))
     assert not can_pack(flash)
-    assert not can_pack(torch.nn.Linear(2, 2))  # no config (e.g. a DDP wrapper): padded path, full forward
+    assert not can_pack(torch.nn.Linear(2, 2))  # not a causal LM: padded path
 
 
 @pytest.mark.parametrize("loss", ["dpo", "mle"])
@@ -160,3 +160,33 @@ def test_nucleus_filter_keeps_what_transformers_top_p_keeps(top_p):
         assert differ.sum() <= 8
         kept = ~torch.isinf(ours) & ~torch.isinf(ref)
         torch.testing.assert_close(ours[kept], ref[kept])
+
+
+def test_log_probs_through_a_ddp_wrapper_equal_the_bare_model(tiny_model, tmp_path):
+    """The trainer's forward goes through the wrapper (real DDP here, one gloo process): packed and
+    padded log-probs and their gradients equal the bare model's."""
+    import torch.distributed as dist
+
+    from nashflow.logps import collate, packed_batches, packed_logps, token_logps
+
+    model, tok = tiny_model
+    enc = _encoded(tok)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        assert can_pack(ddp)
+        (rows,) = packed_batches(enc, prompt_groups(enc), max_tokens=1 << 20)
+        batch = build_packed(enc, rows, tok.pad_token_id)
+        ids, attn, resp = collate(enc, tok.pad_token_id)
+        got = []
+        for m in (model, ddp):
+            model.zero_grad()
+            sums, _ = packed_logps(m, batch)
+            per_token = token_logps(m, ids, attn, resp)
+            (sums.sum() + per_token.sum()).backward()
+            got.append((sums.detach(), per_token.detach(), model.lm_head.weight.grad.clone()))
+        for a, b in zip(*got):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+        torch.testing.assert_close(got[0][0].sum(), got[0][1].sum(), atol=1e-3, rtol=0)  # packed = padded
+    finally:
+        dist.destroy_process_group()

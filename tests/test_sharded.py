@@ -93,6 +93,7 @@ def _assert_equal_to(reference: Path, got: Path, log: str):
     assert all(one[k].shape == two[k].shape for k in one), "the saved weights are not full size"
     assert not all(torch.equal(one[k], base[k]) for k in one), "nothing trained"
     worst = max(float((one[k] - two[k]).abs().max()) for k in one)
+    print(f"{got.name}: largest weight difference to one process {worst:.2e}")
     assert worst < 1e-5, f"differs from 1 process by {worst}\n{log[-3000:]}"
 
 
