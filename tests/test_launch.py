@@ -91,7 +91,8 @@ def test_deepspeed_configs_never_start_pdsh_on_several_nodes():
 def test_shipped_accelerate_configs_parse():
     import yaml
 
-    kinds = {p.stem: yaml.safe_load(p.read_text())["distributed_type"] for p in (REPO / "config" / "accelerate").glob("*.yaml")}
+    shipped = (REPO / "config" / "accelerate").glob("*.yaml")
+    kinds = {p.stem: yaml.safe_load(p.read_text())["distributed_type"] for p in shipped}
     assert kinds == {"ddp": "MULTI_GPU", "zero2": "DEEPSPEED", "zero3": "DEEPSPEED", "fsdp": "FSDP"}
 
 

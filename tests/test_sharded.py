@@ -3,9 +3,10 @@ launched through ``accelerate launch`` with the shipped configs as a train job d
 finishes, the processes really hold shards (ZeRO-3, FSDP), the saved folder reloads with full-size
 tensors, and the weights equal a single process's with the same global batch (batch 1 x 2
 processes vs batch 1 x 2 accumulation steps) to 1e-5 (gradients clipped at ``max_grad_norm`` 0.5,
-well under their norms of 2-5 here, so DeepSpeed must clip with our value, not its default 1.0), for tied and untied embeddings and for the
-packed (DPO), per-token (Nash-MD, padded) and best-validation (COMAL) paths. A job killed after a
-training state resumes from it and still equals the uninterrupted single process.
+well under their norms of 2-5 here, so DeepSpeed must clip with our value, not its default 1.0),
+for tied and untied embeddings and for the packed (DPO), per-token (Nash-MD, padded) and
+best-validation (COMAL) paths. A job killed after a training state resumes from it and still
+equals the uninterrupted single process.
 
 DeepSpeed is the ``deepspeed`` extra (scripts/setup.sh installs it); these tests are skipped only
 where it is not installed."""

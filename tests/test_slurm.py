@@ -69,6 +69,32 @@ def test_profile_dry_run_needs_no_cluster(tmp_path, tiny_model_dir):
     assert "train" in out.stdout and "gpu=8" in out.stdout
 
 
+def test_profile_by_name_after_setup(tmp_path, tiny_model_dir):
+    """`snakemake --profile slurm`, typed in the repository root, finds the profile once
+    scripts/setup.sh has linked it into the user's Snakemake folder; a profile of that name the
+    user already has is left alone."""
+    write_config(tmp_path, tiny_config(tiny_model_dir))
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_CONFIG_HOME", "SNAKEMAKE_PROFILE")}
+    env["HOME"] = str(home)
+    cmd = [os.sys.executable, "-m", "snakemake", "--profile", "slurm", "--directory", str(tmp_path),
+           "--configfile", str(tmp_path / "config.yaml"), "-n"]
+    before = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert before.returncode != 0 and "profile directory given (slurm)" in before.stderr
+    setup = [str(REPO / "scripts" / "setup.sh"), "--profiles-only"]
+    subprocess.run(setup, check=True, env=env, timeout=60)
+    linked = home / ".config" / "snakemake" / "slurm"
+    assert linked.resolve() == (REPO / "profiles" / "slurm").resolve()
+    after = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert after.returncode == 0, after.stderr[-3000:]
+    assert "train" in after.stdout and "gpu=8" in after.stdout
+    # run again: nothing changes; someone else's `slurm` profile stays as it is, with a note
+    linked.unlink()
+    linked.mkdir()
+    out = subprocess.run(setup, check=True, env=env, capture_output=True, text=True, timeout=60).stdout
+    assert "is another profile, left as it is" in out and linked.is_dir() and not linked.is_symlink()
+
+
 def tables(root: Path) -> dict[str, bytes]:
     res = root / "results"
     files = sorted(res.rglob("*.parquet")) + sorted(res.rglob("model.safetensors"))
