@@ -24,6 +24,7 @@ every repeat.
     python benchmarks/perf.py                  # full, on the converted SmolLM2 (results/base_model)
     python benchmarks/perf.py --quick          # CI: tiny random model, small workload, ~1 min
     python benchmarks/perf.py --device cuda --dtype bfloat16 --out benchmarks/results/perf-gpu.json
+    python benchmarks/perf.py --device cuda --dtype bfloat16 --random-llama 1b   # a random ~1B Llama
 """
 
 from __future__ import annotations
@@ -145,6 +146,40 @@ def quiet():
 
 def n_params(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# Llama-3.2-1B's shape: 1.07B parameters with SmolLM2's 49 152-token vocabulary (tied embeddings)
+RANDOM_LLAMA = {"1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                           num_key_value_heads=8, tie_word_embeddings=True)}
+
+
+def model_params(model_dir: Path) -> int:
+    """Parameter count from the config alone (a meta-device model: no weights read)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return n_params(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir)))
+
+
+def random_llama(tokenizer_dir: Path, size: str, out: Path) -> Path:
+    """A randomly initialised Llama of ``size`` with ``tokenizer_dir``'s tokenizer, saved at ``out``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from nashflow.models import load_tokenizer
+
+    tok = load_tokenizer(tokenizer_dir)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), max_position_embeddings=4096, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **RANDOM_LLAMA[size])
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # a 1B init is slow on a CPU
+        model = LlamaForCausalLM(cfg)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------- logps
@@ -518,6 +553,9 @@ def summary_table(res: dict) -> str:
         t = r["train"]
         lines.append(f"| training step (tokens/s) | {t['nashflow_tokens_per_s']:.0f} | TRL DPOTrainer "
                      f"{t['trl_tokens_per_s']:.0f} | {t['speedup_vs_trl']:.2f}x | >= 1.3x |")
+        if "fraction_of_peak" in t:
+            lines.append(f"| training, model FLOP utilisation (6·params·tokens/s) | {t['fraction_of_peak']:.1%} of "
+                         f"peak matmul {res['peak_matmul_gflops']:.0f} GFLOP/s | | | |")
     if "logps" in r:
         t = r["logps"]
         lines.append(f"| reference log-probs (tokens/s) | {t['nashflow_tokens_per_s']:.0f} | TRL precompute "
@@ -549,6 +587,9 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--max-tokens-per-batch", type=int, default=4096)
+    ap.add_argument("--random-llama", choices=sorted(RANDOM_LLAMA), default=None,
+                    help="benchmark a randomly initialised Llama of this size instead (the tokenizer of --model, "
+                         "or of the tiny fixture with --quick)")
     ap.add_argument("--stage-logs", default=str(REPO / "logs" / "default"),
                     help="a run's log folder (logs/<run>) whose iteration-1 benchmark files give the stage breakdown")
     ap.add_argument("--out", default=None, help="JSON file (default benchmarks/results/perf-<device>[-quick].json)")
@@ -579,6 +620,9 @@ def main(argv=None) -> None:
             sys.exit(f"no model at {model_dir}: build it with `snakemake --cores 2 results/base_model` "
                      "or pass --model (or use --quick)")
         model_name = str(model_dir)
+    if args.random_llama:
+        model_dir = random_llama(model_dir, args.random_llama, work / f"random-llama-{args.random_llama}")
+        model_name = f"random Llama {args.random_llama} (tokenizer of {model_name})"
     from nashflow.io import package_versions
     from nashflow.models import load_tokenizer
 
@@ -595,12 +639,14 @@ def main(argv=None) -> None:
                         train_lengths=[64, 128] if q else [64, 256, 1024], train_batches=[1, 2] if q else [1, 2, 4],
                         token_budget=512 if q else 4096),
     }
-    peak = peak_matmul_gflops(args.device, args.torch_dtype, 512 if q else 2048)
+    # on a GPU 2048^3 is too small to reach the matmul peak (an H200 needs ~8192^3)
+    peak = peak_matmul_gflops(args.device, args.torch_dtype, 512 if q else 8192 if args.device.startswith("cuda") else 2048)
     res = {"benchmark": "perf", "quick": q, "model": model_name, "device": args.device, "dtype": args.dtype,
            "threads": args.threads, "repeats": args.repeats, "settings": settings, "peak_matmul_gflops": peak,
            "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-           "versions": {**package_versions(), "trl": _version("trl")}, "results": {}}
+           "versions": {**package_versions(), "trl": _version("trl")}, "params": model_params(model_dir),
+           "results": {}}
     for section in sections:
         t0 = time.perf_counter()
         print(f"== {section}", flush=True)
@@ -614,6 +660,8 @@ def main(argv=None) -> None:
             out = bench_train(args, model_dir, make_pairs(tok, s["pairs"], s["resp"], seed=2),
                               max_length=s["max_length"], max_prompt_length=s["max_prompt_length"],
                               batch_pairs=s["batch_pairs"], repeats=args.repeats, work=work / "train")
+            # model FLOP utilisation: 6·params per trained token (forward + backward) over the matmul peak
+            out["fraction_of_peak"] = 6 * res["params"] * out["nashflow_tokens_per_s"] / (peak * 1e9)
         elif section == "generate":
             out = bench_generate(args, model_dir, repeats=args.repeats, **settings["generate"])
         elif section == "orchestration":
