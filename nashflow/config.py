@@ -20,6 +20,8 @@ from nashflow.methods import resolve_algorithm
 from nashflow.models import BaseModelConfig
 from nashflow.scorers import ScorerConfig
 from nashflow.trainer import LossConfig, TrainConfig
+from nashflow.vllm_backend import check_reserved as check_vllm_reserved
+from nashflow.vllm_backend import check_settings as check_vllm_settings
 
 
 def _fill_defaults(schema: dict, value: Any) -> Any:
@@ -134,6 +136,7 @@ def _validate_one(config: dict, schema_path: str | Path) -> dict:
             f"config key 'algorithm.history': {algo['history']} history players but only {cfg['iterations']} "
             f"iteration(s): the last one has {most} earlier checkpoint(s) to use; lower algorithm.history "
             "or raise iterations")
+    check_distributed(cfg["training"], Path(schema_path).parent / "accelerate")
     # Cross-field rules that JSON Schema does not express, checked by the dataclasses.
     for build in (prompts_config, base_model_config, sampling_config, eval_sampling_config, train_config,
                   loss_config, scorer_config):
@@ -141,6 +144,15 @@ def _validate_one(config: dict, schema_path: str | Path) -> dict:
             build(cfg)
         except (ValueError, KeyError) as err:
             raise ConfigError(f"config: {str(err).strip(chr(39))}") from err
+    # vLLM refuses unknown engine arguments and some sampling values only when a job starts.
+    gen = cfg["generation"]
+    try:
+        if gen["backend"] == "vllm":
+            check_vllm_settings(gen["vllm"], {"generation": sampling_config(cfg), "evaluation": eval_sampling_config(cfg)})
+        else:
+            check_vllm_reserved(gen["vllm"])
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
     return cfg
 
 
@@ -204,3 +216,33 @@ def job_config(smk, *, evaluation: bool = False) -> dict:
     """The config of a Snakemake job's run (its ``run`` wildcard), for workflow/scripts."""
     run = dict(smk.wildcards.items()).get("run")
     return run_config(smk.config, run, evaluation=evaluation) if run else smk.config
+
+
+SHARDED_HINT = "use training.distributed ddp or zero2 with LoRA (ZeRO-3 and FSDP keep only a shard per process)"
+
+
+def check_distributed(training: dict, shipped: Path) -> None:
+    """``training.distributed``: auto, a shipped accelerate config (``shipped/<name>.yaml``) or an accelerate
+    config file that parses and names its ``distributed_type``; LoRA merges need unsharded weights."""
+    name = training["distributed"]
+    if name == "auto":
+        return
+    path = shipped / f"{name}.yaml"
+    if not path.is_file():
+        path = Path(name)
+    if not path.is_file():
+        raise ConfigError(f"config key 'training.distributed': {name!r} is neither auto, a shipped accelerate config "
+                          f"({', '.join(sorted(p.stem for p in shipped.glob('*.yaml')))}) nor an existing file")
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config key 'training.distributed': {path} is not valid YAML: "
+                          f"{str(err).splitlines()[0]}") from err
+    kind = doc.get("distributed_type") if isinstance(doc, dict) else None
+    if kind not in ("NO", "MULTI_GPU", "DEEPSPEED", "FSDP"):
+        raise ConfigError(f"config key 'training.distributed': {path} is not an accelerate config: distributed_type "
+                          f"is {kind!r}, not one of NO, MULTI_GPU, DEEPSPEED, FSDP")
+    stage = (doc.get("deepspeed_config") or {}).get("zero_stage")
+    if training.get("lora") and (kind == "FSDP" or (kind == "DEEPSPEED" and stage == 3)):
+        raise ConfigError(f"config key 'training.lora': LoRA cannot be merged from sharded weights ({path.name}); "
+                          + SHARDED_HINT)

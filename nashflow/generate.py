@@ -33,8 +33,8 @@ class SamplingConfig:
     top_k: int = 0
     batch_size: int = 32
     max_prompt_length: int = 512
-    backend: str = "transformers"  # or vllm (GPU, optional extra)
-    vllm: dict = field(default_factory=dict)  # engine arguments for vllm.LLM (gpu_memory_utilization, dtype, ...)
+    backend: str = "transformers"  # or vllm (nashflow.vllm_backend; optional extra, or .venv-vllm on a CPU)
+    vllm: dict = field(default_factory=dict)  # vllm.EngineArgs fields (gpu_memory_utilization, dtype, ...)
 
     def __post_init__(self):
         if self.backend not in ("transformers", "vllm"):
@@ -55,13 +55,47 @@ def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:
     return list(out)
 
 
-def _stop_ids(tokenizer, model) -> set[int]:
+def stop_ids(tokenizer, generation_config) -> set[int]:
+    """Token ids that end a response: every ``eos_token_id`` of the generation config and the tokenizer's.
+    Both backends stop on, and drop, exactly these."""
     ids = set()
-    for src in (model.generation_config.eos_token_id, tokenizer.eos_token_id):
+    for src in (getattr(generation_config, "eos_token_id", None), tokenizer.eos_token_id):
         if src is None:
             continue
         ids.update(src if isinstance(src, (list, tuple)) else [src])
     return ids
+
+
+def _stop_ids(tokenizer, model) -> set[int]:
+    return stop_ids(tokenizer, model.generation_config)
+
+
+def encode_prompts(tokenizer, prompts: pd.DataFrame, cfg: SamplingConfig, context: int | None) -> list[tuple]:
+    """``(prompt_id, messages, token ids)`` per prompt: chat-templated, cut from the left to
+    ``cfg.max_prompt_length``; a prompt that cannot fit ``context`` with the new tokens is an error."""
+    encoded = []
+    for pid, msgs in zip(prompts["prompt_id"], prompts["messages"]):
+        ids = encode_prompt(tokenizer, list(msgs))
+        if len(ids) > cfg.max_prompt_length:
+            ids = ids[-cfg.max_prompt_length:]  # keep the end: the question and the assistant header
+        if context and len(ids) + cfg.max_new_tokens > context:
+            raise DataError(
+                f"prompt {pid} has {len(ids)} tokens after the chat template; with {cfg.max_new_tokens} new tokens "
+                f"it does not fit the model's context of {context} tokens. Shorten or remove that prompt, or lower "
+                f"generation.max_prompt_length (prompts are cut from the left) or max_new_tokens")
+        encoded.append((pid, list(msgs), ids))
+    return encoded
+
+
+def finish_sample(tokenizer, new_ids, stop: set[int]) -> tuple[list[int], str, str]:
+    """``(response ids, text, finish_reason)`` of generated ids: cut before the first stop id
+    (``stop``) or run to the token limit (``length``); the text is decoded without special tokens."""
+    toks, finish = list(new_ids), "length"
+    for pos, t in enumerate(toks):
+        if t in stop:
+            toks, finish = toks[:pos], "stop"
+            break
+    return toks, tokenizer.decode(toks, skip_special_tokens=True).strip(), finish
 
 
 @inference_mode
@@ -79,17 +113,7 @@ def generate_samples(model, tokenizer, prompts: pd.DataFrame, cfg: SamplingConfi
 
     device = next(model.parameters()).device
     context = getattr(model.config, "max_position_embeddings", None)
-    encoded = []
-    for pid, msgs in zip(prompts["prompt_id"], prompts["messages"]):
-        ids = encode_prompt(tokenizer, list(msgs))
-        if len(ids) > cfg.max_prompt_length:
-            ids = ids[-cfg.max_prompt_length:]  # keep the end: the question and the assistant header
-        if context and len(ids) + cfg.max_new_tokens > context:
-            raise DataError(
-                f"prompt {pid} has {len(ids)} tokens after the chat template; with {cfg.max_new_tokens} new tokens "
-                f"it does not fit the model's context of {context} tokens. Shorten or remove that prompt, or lower "
-                f"generation.max_prompt_length (prompts are cut from the left) or max_new_tokens")
-        encoded.append((pid, list(msgs), ids))
+    encoded = encode_prompts(tokenizer, prompts, cfg, context)
     rows = [(len(ids), i, k) for i, (_, _, ids) in enumerate(encoded) for k in range(cfg.samples_per_prompt)]
     rows.sort(key=lambda r: (-r[0], r[1], r[2]))  # longest first: memory peaks early, fails fast
     stop = _stop_ids(tokenizer, model)
@@ -122,13 +146,7 @@ def generate_samples(model, tokenizer, prompts: pd.DataFrame, cfg: SamplingConfi
                                    max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                                    top_k=cfg.top_k, stop_ids=stop, pad_id=pad_id).cpu().tolist()
         for j, (n, i, k) in enumerate(batch):
-            toks = new[j]
-            finish = "length"
-            for pos, t in enumerate(toks):
-                if t in stop:
-                    toks, finish = toks[:pos], "stop"
-                    break
-            text = tokenizer.decode(toks, skip_special_tokens=True).strip()
+            toks, text, finish = finish_sample(tokenizer, new[j], stop)
             pid, msgs, ids = encoded[i]
             out_rows.append({
                 "prompt_id": pid, "messages": msgs, "sample_index": k + sample_offset, "response": text,

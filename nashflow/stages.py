@@ -77,13 +77,14 @@ def _with_prompt_columns(df: pd.DataFrame, prompts: pd.DataFrame) -> pd.DataFram
     return df.merge(prompts[["prompt_id"] + extra], on="prompt_id", how="left", validate="many_to_one")
 
 
-def _vllm_table(model_dir: str, prompts: pd.DataFrame, scfg, *, seed: int, gpus: int) -> pd.DataFrame:
-    from nashflow.vllm_backend import generate_vllm
+def _vllm_tables(model_dir: str, prompt_sets: list[pd.DataFrame], scfg, *, seed: int, gpus: int) -> list[pd.DataFrame]:
+    """One samples table per prompt set, all from one vLLM engine (none without prompts)."""
+    from nashflow.vllm_backend import generate_vllm_sets
 
-    if len(prompts) == 0:
-        return generate_table(None, None, prompts, scfg, seed=seed, generator="")
-    return generate_vllm(model_dir, load_tokenizer(model_dir), prompts, scfg, seed=seed,
-                         generator=checkpoint_name(model_dir), tensor_parallel=gpus, engine_args=scfg.vllm)
+    if not any(len(p) for p in prompt_sets):
+        return [generate_table(None, None, p, scfg, seed=seed, generator="") for p in prompt_sets]
+    return generate_vllm_sets(model_dir, load_tokenizer(model_dir), prompt_sets, scfg, seed=seed,
+                              generator=checkpoint_name(model_dir), tensor_parallel=gpus, engine_args=scfg.vllm)
 
 
 def generate(cfg: dict, *, iteration: int, shard: int, model_dir: str, pool_path: str, out: str,
@@ -108,7 +109,7 @@ def generate(cfg: dict, *, iteration: int, shard: int, model_dir: str, pool_path
     scfg = C.sampling_config(cfg)
     seed = derive_seed(cfg["seed"], "generate", iteration, shard)
     if scfg.backend == "vllm":  # config validation keeps the mixture sampler off this path
-        df = _with_prompt_columns(_vllm_table(model_dir, prompts, scfg, seed=seed, gpus=gpus), prompts)
+        df = _with_prompt_columns(_vllm_tables(model_dir, [prompts], scfg, seed=seed, gpus=gpus)[0], prompts)
         write_table(df, out, provenance(parents={"generator": model_dir, "prompts": pool_path},
                                         config={"generation": cfg["generation"], "algorithm": algo},
                                         seed=seed, iteration=iteration, shard=shard))
@@ -255,22 +256,24 @@ def eval_generate(cfg: dict, *, model_dir: str, eval_prompts: str, out: str, thr
     prompts = read_table(eval_prompts)
     scfg = C.eval_sampling_config(cfg)
     seed = derive_seed(cfg["evaluation"]["seed"], "evaluate")
-    if scfg.backend == "vllm":
-        sample = lambda p: _vllm_table(model_dir, p, scfg, seed=seed, gpus=gpus)
+    moodpo = cfg["algorithm"]["conditioning"] == "moodpo"
+    if moodpo:
+        grid = simplex_grid(len(objective_names(cfg)), cfg["conditioning"]["eval_grid_step"])
+        sets = [condition_prompts(cfg, prompts, [w] * len(prompts)) for w in grid]
+    else:
+        sets = [prompts]
+    if scfg.backend == "vllm":  # one engine for every weight vector
+        tables = _vllm_tables(model_dir, sets, scfg, seed=seed, gpus=gpus)
     else:
         model, tok = load_model(model_dir, device=default_device()), load_tokenizer(model_dir)
-        sample = lambda p: generate_table(model, tok, p, scfg, seed=seed, generator=checkpoint_name(model_dir))
-    if cfg["algorithm"]["conditioning"] == "moodpo":
-        grid = simplex_grid(len(objective_names(cfg)), cfg["conditioning"]["eval_grid_step"])
-        parts = []
-        for g, w in enumerate(grid):
-            cond = condition_prompts(cfg, prompts, [w] * len(prompts))
-            part = sample(cond)
+        tables = [generate_table(model, tok, p, scfg, seed=seed, generator=checkpoint_name(model_dir)) for p in sets]
+    if moodpo:
+        for g, (part, cond) in enumerate(zip(tables, sets)):
             part["sample_index"] = g
-            parts.append(_with_prompt_columns(part, cond))
-        df = pd.concat(parts, ignore_index=True)
+            tables[g] = _with_prompt_columns(part, cond)
+        df = pd.concat(tables, ignore_index=True)
     else:
-        df = sample(prompts)
+        df = tables[0]
     sc = C.scorer_config(cfg)
     if sc.kind == "preference":
         df["reward"] = np.nan

@@ -110,6 +110,16 @@ def test_wrong_type_in_config(tmp_path, fake_model):
     _fails_cleanly(tmp_path, tiny_config(fake_model, iterations="3"), r"config key 'iterations'.*not of type 'integer'")
 
 
+def test_vllm_engine_argument_refused_before_any_job(tmp_path, fake_model):
+    cfg = tiny_config(fake_model, generation={"backend": "vllm", "vllm": {"seed": 1}})
+    _fails_cleanly(tmp_path, cfg, r"config key 'generation\.vllm\.seed': set by nashflow")
+
+
+def test_bad_distributed_config_refused_before_any_job(tmp_path, fake_model):
+    cfg = tiny_config(fake_model, training={"distributed": "my-zero.yaml"})
+    _fails_cleanly(tmp_path, cfg, r"config key 'training\.distributed': 'my-zero\.yaml' is neither auto")
+
+
 def test_missing_base_model(tmp_path):
     _fails_cleanly(tmp_path, tiny_config(tmp_path / "nowhere"), r"base model path .*nowhere is not a model folder")
 
