@@ -85,7 +85,10 @@ def _split_head(model):
 
 
 def unwrap(model):
-    """The model inside DDP / DeepSpeed engine wrappers (FSDP2 and peft models are their own modules)."""
+    """The model inside DDP / DeepSpeed engine wrappers (FSDP2 and peft models are their own modules).
+
+    What accelerate's ``extract_model_from_parallel`` does for these wrappers, without importing
+    DeepSpeed into every log-prob job that calls this once per batch."""
     while isinstance(getattr(model, "module", None), torch.nn.Module):
         model = model.module
     return model

@@ -598,7 +598,7 @@ def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_di
     bar.close()
     writers.close()
     keep_initial = val is not None and best["state"] is None
-    if val is not None and best["state"] is None:
+    if keep_initial:
         log.warning("no epoch improved the validation loss (%.6g at step 0): the saved model is the initial "
                     "policy; with few validation pairs consider a larger val_fraction or select_best: false",
                     best["val_loss"])
@@ -606,9 +606,10 @@ def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_di
     # are dropped below instead of merged). Gathering the weights is collective: every rank.
     if train_cfg.lora:
         final = None  # full weights on every rank: the main process merges and saves the module itself
+    elif keep_initial:
+        final = _initial_weights(policy_path) if acc.is_main_process else {}
     elif val is not None:
-        final = best["state"] if best["state"] is not None else (_initial_weights(policy_path) if acc.is_main_process
-                                                                 else {})
+        final = best["state"]
     else:
         final = _full_state_dict(acc, model)
     acc.wait_for_everyone()

@@ -186,3 +186,21 @@ def full_run(tmp_path_factory, tiny_model_dir):
     write_config(wd, tiny_config(tiny_model_dir))
     snakemake(wd, "--cores", "2")
     return wd
+
+
+# Fast polling of the test SLURM (scripts/slurm_single_node.sh) by the shipped profile's plugin.
+SLURM_FAST = ["--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1",
+              "--slurm-no-account", "--latency-wait", "5"]
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """The test SLURM, started once (needs root and apt-get; otherwise the tests using it skip, saying why)."""
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "slurm_single_node.sh"), "start"], capture_output=True,
+                          text=True, timeout=600)
+    if proc.returncode == 3:
+        reason = proc.stderr.strip().splitlines()[-1]
+        print(f"SKIP SLURM tests: {reason}")
+        pytest.skip(f"no SLURM here: {reason}")
+    assert proc.returncode == 0, proc.stderr
+    return True

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import REPO, snakemake, tiny_config, write_config
+from conftest import REPO, SLURM_FAST, snakemake, tiny_config, write_config
 
 from nashflow.errors import NashflowError
 from nashflow.launch import multinode_command, train_gpus
@@ -147,27 +147,11 @@ rule probe:
                            env={**os.environ, "PYTHONPATH": os.getcwd()})
 '''
 
-FAST = ["--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1",
-        "--slurm-no-account", "--latency-wait", "5"]
-
-
-@pytest.fixture(scope="module")
-def slurm():
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "slurm_single_node.sh"), "start"], capture_output=True,
-                          text=True, timeout=600)
-    if proc.returncode == 3:
-        reason = proc.stderr.strip().splitlines()[-1]
-        print(f"SKIP test_multinode (SLURM part): {reason}")
-        pytest.skip(f"no SLURM here: {reason}")
-    assert proc.returncode == 0, proc.stderr
-    return True
-
-
 def _probe_through_slurm(wd: Path, result: dict) -> None:
     (wd / "Snakefile").write_text(PROBE_SNAKEFILE)
     (wd / "probe.py").write_text(PROBE)
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(wd / "Snakefile"), "--directory", str(wd),
-           "--profile", str(REPO / "profiles" / "slurm"), *FAST]
+           "--profile", str(REPO / "profiles" / "slurm"), *SLURM_FAST]
     result["probe"] = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
@@ -191,7 +175,7 @@ def test_train_over_two_slurm_nodes_and_not_outside_slurm(slurm, tmp_path, tiny_
     result: dict = {}
     probe = threading.Thread(target=_probe_through_slurm, args=(probe_wd, result))
     probe.start()
-    proc = snakemake(wd, "--profile", str(REPO / "profiles" / "slurm"), model, *FAST,
+    proc = snakemake(wd, "--profile", str(REPO / "profiles" / "slurm"), model, *SLURM_FAST,
                      "--set-resources", "train:nodes=2", "train:tasks=2", "train:gpu=0", "train:mem_mb=1500",
                      "train:slurm_partition=multi", "--set-threads", "train=1", timeout=600, check=False)
     probe.join()

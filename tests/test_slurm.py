@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, snakemake, tiny_config, write_config
+from conftest import REPO, SLURM_FAST, snakemake, tiny_config, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -36,20 +36,7 @@ SMALL = ["--set-resources"] + [f"{r}:gpu=0" for r in ("generate", "score", "logp
         [f"{r}:mem_mb=1500" for r in ("generate", "score", "logps", "train", "eval_generate", "eval_metrics",
                                       "export_answers")] + ["export_answers:gpu=1"] + \
         ["--set-threads"] + [f"{r}=1" for r in ("generate", "score", "logps", "train", "eval_generate")] + \
-        ["--slurm-init-seconds-before-status-checks", "1", "--seconds-between-status-checks", "1",
-         "--slurm-no-account", "--latency-wait", "5"]
-
-
-@pytest.fixture(scope="module")
-def slurm():
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "slurm_single_node.sh"), "start"], capture_output=True,
-                          text=True, timeout=600)
-    if proc.returncode == 3:
-        reason = proc.stderr.strip().splitlines()[-1]
-        print(f"SKIP test_slurm: {reason}")
-        pytest.skip(f"no SLURM here: {reason}")
-    assert proc.returncode == 0, proc.stderr
-    return True
+        SLURM_FAST
 
 
 def test_profile_dry_run_needs_no_cluster(tmp_path, tiny_model_dir):
