@@ -240,7 +240,8 @@ class TrainState:
     accelerate's ``save_state`` (weights, optimizer and scheduler; one shard per rank under
     DeepSpeed and FSDP, written collectively) and ``meta.pt`` (step, metric rows, the best validation
     state, loaded with ``torch.load(weights_only=True)``: no pickled code). A new state is written
-    beside the old one and renamed into place, so a kill never leaves a torn state. A state is used
+    beside the old one and renamed into place; a kill between the two renames leaves the old one as
+    ``previous``, which is then loaded, so a kill never leaves a torn or lost state. A state is used
     only when its fingerprint (inputs, settings, processes) matches; it is removed once the model is
     saved."""
 
@@ -255,17 +256,21 @@ class TrainState:
 
     def load(self) -> dict[str, Any] | None:
         """The saved meta data, with model, optimizer and scheduler restored (every rank), or None."""
-        if self.path is None or not (self.path / "meta.pt").exists():
+        if self.folder is None:
             return None
+        found = [p for p in (self.path, self.folder / "previous") if (p / "meta.pt").exists()]
+        if not found:
+            return None
+        path = found[0]
         try:
-            meta = torch.load(self.path / "meta.pt", map_location="cpu", weights_only=True)
+            meta = torch.load(path / "meta.pt", map_location="cpu", weights_only=True)
         except Exception as err:  # a torn file cannot happen (atomic rename), a foreign one can
-            log.warning("ignoring unreadable training state %s: %s", self.path, err)
+            log.warning("ignoring unreadable training state %s: %s", path, err)
             return None
         if meta.get("fingerprint") != self.fingerprint:
-            log.warning("ignoring training state %s: it was made with other inputs or settings", self.path)
+            log.warning("ignoring training state %s: it was made with other inputs or settings", path)
             return None
-        self.acc.load_state(str(self.path))
+        self.acc.load_state(str(path))
         return meta
 
     def save(self, meta: dict[str, Any]) -> None:
@@ -531,7 +536,7 @@ def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_di
     if resumed is not None:
         step, rows, tokens = int(resumed["step"]), list(resumed["rows"]), int(resumed["tokens"])
         best = {"val_loss": resumed["best_val_loss"], "step": int(resumed["best_step"]), "state": resumed["best_state"]}
-        log.info("resumed from the training state at optimizer step %d of %d (%s)", step, total_steps, saver.path)
+        log.info("resumed from the training state at optimizer step %d of %d (%s)", step, total_steps, saver.folder)
     else:
         best = {"val_loss": validation_loss() if val else None, "step": 0, "state": None}
     skip = step * train_cfg.grad_accum  # micro-batches already done: the batch order is a function of the seed
