@@ -17,6 +17,7 @@ include: "rules/logps.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
+include: "rules/game.smk"
 
 
 rule all:

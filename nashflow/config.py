@@ -18,6 +18,7 @@ from nashflow.errors import ConfigError
 from nashflow.generate import SamplingConfig
 from nashflow.methods import resolve_algorithm
 from nashflow.models import BaseModelConfig
+from nashflow.offline import InitialDataConfig
 from nashflow.scorers import ScorerConfig
 from nashflow.trainer import LossConfig, TrainConfig
 from nashflow.vllm_backend import check_reserved as check_vllm_reserved
@@ -110,11 +111,19 @@ def run_config(cfg: dict, run_id: str, *, evaluation: bool = False) -> dict:
     raise ConfigError(f"no run '{run_id}' in this config (runs: {', '.join(run_ids(cfg))})")
 
 
+#: keys that moved, and where to
+MOVED = {("training", "mixed_precision"): "compute.training_dtype (float32, bfloat16 or float16; "
+                                          "null follows compute.dtype)"}
+
+
 def _validate_one(config: dict, schema_path: str | Path) -> dict:
     import jsonschema
 
     schema = load_schema(schema_path)
     cfg = copy.deepcopy(dict(config))
+    for (section, key), new in MOVED.items():
+        if isinstance(cfg.get(section), dict) and key in cfg[section]:
+            raise ConfigError(f"config key '{section}.{key}' has moved: use {new}")
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(e.absolute_path), list(map(str, e.path))))
     if errors:
@@ -137,9 +146,11 @@ def _validate_one(config: dict, schema_path: str | Path) -> dict:
             f"iteration(s): the last one has {most} earlier checkpoint(s) to use; lower algorithm.history "
             "or raise iterations")
     check_distributed(cfg["training"], Path(schema_path).parent / "accelerate")
+    check_matrix_game(cfg)
+    check_compute(cfg["compute"])
     # Cross-field rules that JSON Schema does not express, checked by the dataclasses.
-    for build in (prompts_config, base_model_config, sampling_config, eval_sampling_config, train_config,
-                  loss_config, scorer_config):
+    for build in (prompts_config, initial_data_config, base_model_config, sampling_config, eval_sampling_config,
+                  train_config, loss_config, scorer_config):
         try:
             build(cfg)
         except (ValueError, KeyError) as err:
@@ -177,6 +188,10 @@ def prompts_config(cfg: dict) -> PromptsConfig:
     return PromptsConfig(**cfg["prompts"], seed=cfg["seed"])
 
 
+def initial_data_config(cfg: dict) -> InitialDataConfig:
+    return InitialDataConfig(**cfg["initial_data"], seed=cfg["seed"])
+
+
 def base_model_config(cfg: dict) -> BaseModelConfig:
     return BaseModelConfig(**cfg["base_model"])
 
@@ -188,13 +203,14 @@ def sampling_config(cfg: dict) -> SamplingConfig:
 def eval_sampling_config(cfg: dict) -> SamplingConfig:
     ev = dict(cfg["evaluation"])
     ev.pop("seed", None)
+    ev.pop("responses", None)
     gen = cfg["generation"]
     return SamplingConfig(samples_per_prompt=1, max_prompt_length=gen["max_prompt_length"],
                           backend=gen.get("backend", "transformers"), vllm=gen.get("vllm", {}), **ev)
 
 
 def train_config(cfg: dict) -> TrainConfig:
-    t = {k: v for k, v in cfg["training"].items() if k not in ("mixed_precision", "distributed")}
+    t = {k: v for k, v in cfg["training"].items() if k != "distributed"}
     t["report_to"] = tuple(t.get("report_to", ()))
     return TrainConfig(**t, seed=cfg["seed"])
 
@@ -218,7 +234,52 @@ def job_config(smk, *, evaluation: bool = False) -> dict:
     return run_config(smk.config, run, evaluation=evaluation) if run else smk.config
 
 
+def check_matrix_game(cfg: dict) -> None:
+    """A matrix_game scorer's matrix (P + Pᵀ = 1, diagonal ½) and action rule (every action gets a
+    token), with the key named. The rule is checked where the vocabulary is known before any job
+    runs: the tiny policy's, or a folder's tokenizer.json; otherwise when the score job starts."""
+    from nashflow.scorers.matrix_game import DEFAULT_TOKENS, action_map, check_args, fast_tokenizer, missing_actions
+
+    for n, comp in enumerate(cfg["scorer"]["components"]):
+        if comp.get("type") != "matrix_game":
+            continue
+        key, args = f"scorer.components[{n}].args", comp.get("args") or {}
+        tokens = args.get("tokens", DEFAULT_TOKENS)
+        try:
+            P = check_args(args.get("matrix"), tokens, args.get("outcome", "probability"))
+        except ValueError as err:
+            name, msg = str(err).split(": ", 1)
+            raise ConfigError(f"config key '{key}.{name}': {msg}") from None
+        model = args.get("model", "base")
+        if model == "base" and cfg["base_model"].get("tiny") is not None:
+            from nashflow.tiny_policy import build_tokenizer
+
+            vocab, where = build_tokenizer(), "the tiny policy's vocabulary (base_model.tiny)"
+        else:
+            folder = cfg["base_model"]["path"] if model == "base" else model
+            if not folder or not (Path(folder) / "tokenizer.json").exists():
+                continue
+            vocab, where = fast_tokenizer(str(folder)), f"the vocabulary of {folder}"
+        missing = missing_actions(action_map(vocab, tokens, P.shape[0]), P.shape[0])
+        if missing:
+            raise ConfigError(f"config key '{key}.tokens': {tokens!r} maps no token of {where} to action(s) "
+                              f"{', '.join(map(str, missing))} (the k-th matching token plays action k mod "
+                              f"{P.shape[0]})")
+
+
 SHARDED_HINT = "use training.distributed ddp or zero2 with LoRA (ZeRO-3 and FSDP keep only a shard per process)"
+
+
+def check_compute(compute: dict) -> None:
+    """flash-attention kernels run in bf16/fp16 only: no stage may be set to float32 with them."""
+    from nashflow.precision import STAGES, stage_setting
+
+    if compute["attn_implementation"].startswith("flash"):
+        bad = [s for s in STAGES if stage_setting(compute, s) == "float32"]
+        if bad:
+            raise ConfigError(f"config key 'compute.attn_implementation': {compute['attn_implementation']} runs in "
+                              f"bfloat16 or float16 only, but the {bad[0]} stage is set to float32 "
+                              f"(compute.{bad[0]}_dtype or compute.dtype)")
 
 
 def check_distributed(training: dict, shipped: Path) -> None:

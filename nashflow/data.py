@@ -1,20 +1,27 @@
 """Prompt sets: loading, validation and the per-iteration split.
 
-A prompt set is a JSONL, CSV or Parquet file with one prompt per row. Every prompt gets a
-stable ``prompt_id`` (the file's id column, or a hash of the text) so that shards and gathers
-join by id, never by row order.
+A prompt set is any source of :mod:`nashflow.sources` (a file, a glob of shards, a dataset folder,
+a ``save_to_disk`` folder or a hub id) with one prompt per row: text, or a conversation (a list of
+messages ending with a user turn). Every prompt gets a stable ``prompt_id`` (the id column, or a
+hash of the prompt) so that shards and gathers join by id, never by row order.
 """
 
 from __future__ import annotations
 
-import hashlib
+import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from nashflow.errors import DataError
+from nashflow.messages import conversation_id, last_user_text, prompt_conversation, prompt_id_for, to_messages
+from nashflow.sources import Source, SourceTable, open_source
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PromptsConfig", "load_prompts", "prompt_table", "split_prompts", "iteration_prompts", "shard_rows",
+           "prompt_id_for", "to_messages", "drop_repeats"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +34,12 @@ class PromptsConfig:
     system_prompt: str | None = None
     eval_size: int = 48
     prompts_per_iteration: int = 64
+    split: str | None = None
+    name: str | None = None
+    revision: str | None = None
+    select: int | str | None = None
+    sample: int | None = None
+    drop_duplicates: bool = False
     seed: int = 42
 
     def __post_init__(self):
@@ -34,69 +47,58 @@ class PromptsConfig:
             raise ValueError("prompts.eval_size must be >= 1")
         if self.prompts_per_iteration < 1:
             raise ValueError("prompts.prompts_per_iteration must be >= 1")
+        _ = self.source  # Source checks select and sample
 
-
-def _read_any(path: Path) -> pd.DataFrame:
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".jsonl", ".json"):
-            return pd.read_json(path, lines=suffix == ".jsonl", dtype=False, encoding="utf-8")
-        if suffix == ".csv":
-            return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-        if suffix == ".parquet":
-            return pd.read_parquet(path)
-    except UnicodeDecodeError as err:
-        raise DataError(f"prompts file {path} is not valid UTF-8 (byte {err.start}); re-encode it as UTF-8") from err
-    except ValueError as err:
-        raise DataError(f"prompts file {path} could not be parsed as {suffix[1:]}: {err}") from err
-    raise DataError(f"prompts file {path} has unsupported extension '{suffix}'; use .jsonl, .json, .csv or .parquet")
-
-
-def prompt_id_for(text: str) -> str:
-    return "h" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
+    @property
+    def source(self) -> Source:
+        return Source(self.path, split=self.split, name=self.name, revision=self.revision, select=self.select,
+                      sample=self.sample, seed=self.seed, key="prompts")
 
 
 def load_prompts(cfg: PromptsConfig) -> pd.DataFrame:
-    """Read and validate the prompt file; returns columns ``prompt_id``, ``prompt``.
+    """Read and validate the prompts; returns columns ``prompt_id``, ``prompt`` (the last user turn),
+    ``messages`` (the conversation sent to the chat template) and ``source_row``.
 
-    Raises :class:`DataError` naming the file, column or row for every problem found.
+    Raises :class:`DataError` naming the source, row, column or config key for every problem found.
     """
-    path = Path(cfg.path)
-    if not path.exists():
-        raise DataError(f"prompts file {path} does not exist (config key prompts.path)")
-    if path.stat().st_size == 0:
-        raise DataError(f"prompts file {path} is empty; it needs at least one prompt")
-    df = _read_any(path)
-    if len(df) == 0:
-        raise DataError(f"prompts file {path} has no rows; it needs at least one prompt")
-    if cfg.column not in df.columns:
-        raise DataError(
-            f"prompts file {path} has no column '{cfg.column}' (config key prompts.column); "
-            f"columns found: {', '.join(map(str, df.columns))}"
-        )
-    prompts = df[cfg.column]
-    for i, text in enumerate(prompts):
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"prompts file {path}, row {i + 1}: column '{cfg.column}' is empty or not text")
-    prompts = prompts.str.strip()
+    return _read_prompts(cfg)[0]
+
+
+def prompt_table(cfg: PromptsConfig) -> tuple[pd.DataFrame, dict]:
+    """:func:`load_prompts` and the record of what was read (source, version, rows used, duplicates dropped)."""
+    df, table, dropped = _read_prompts(cfg)
+    return df, {**table.record(), "duplicates_dropped": dropped}
+
+
+def _read_prompts(cfg: PromptsConfig) -> tuple[pd.DataFrame, SourceTable, int]:
+    table = open_source(cfg.source)
+    table.require(cfg.column, "prompts.column")
     if cfg.id_column:
-        if cfg.id_column not in df.columns:
-            raise DataError(f"prompts file {path} has no id column '{cfg.id_column}' (config key prompts.id_column)")
-        ids = df[cfg.id_column].astype(str)
-    else:
-        ids = prompts.map(prompt_id_for)
-    dup = ids[ids.duplicated()]
-    if len(dup):
-        row = int(dup.index[0]) + 1
-        what = "prompt id" if cfg.id_column else "prompt text (ids are hashes of the text)"
-        raise DataError(f"prompts file {path}, row {row}: duplicate {what} '{dup.iloc[0]}'; make ids unique")
-    return pd.DataFrame({"prompt_id": ids.to_numpy(), "prompt": prompts.to_numpy()})
+        table.require(cfg.id_column, "prompts.id_column")
+    df = table.read([cfg.column] + ([cfg.id_column] if cfg.id_column else []))
+    msgs = [prompt_conversation(v, table.where(r, cfg.column), cfg.system_prompt)
+            for v, r in zip(df[cfg.column], df["source_row"])]
+    ids = df[cfg.id_column].astype(str).tolist() if cfg.id_column else [conversation_id(m, cfg.system_prompt)
+                                                                           for m in msgs]
+    out = pd.DataFrame({"prompt_id": ids, "prompt": [last_user_text(m).strip() for m in msgs], "messages": msgs,
+                        "source_row": df["source_row"].to_numpy()})
+    what = "prompt id" if cfg.id_column else "prompt (ids are hashes of the prompt)"
+    out, dropped = drop_repeats(out, table, drop=cfg.drop_duplicates, what=what, key="prompts.drop_duplicates")
+    return out, table, dropped
 
 
-def to_messages(prompt: str, system_prompt: str | None = None) -> list[dict[str, str]]:
-    msgs = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    msgs.append({"role": "user", "content": prompt})
-    return msgs
+def drop_repeats(df: pd.DataFrame, table: SourceTable, *, drop: bool, what: str, key: str) -> tuple[pd.DataFrame, int]:
+    """Rows whose ``prompt_id`` repeats an earlier row's: dropped and counted with ``drop``, else a
+    DataError naming the first repeat and the config key ``key`` that drops them."""
+    dup = df["prompt_id"].duplicated()
+    if not dup.any():
+        return df, 0
+    if not drop:
+        first = df[dup].iloc[0]
+        raise DataError(f"{table.where(first['source_row'])}: duplicate {what} '{first['prompt_id']}'; "
+                        f"make them unique or set {key}: true to keep the first of each")
+    log.info("%s: dropped %d rows that repeat an earlier prompt", table.label, int(dup.sum()))
+    return df[~dup].reset_index(drop=True), int(dup.sum())
 
 
 def split_prompts(df: pd.DataFrame, cfg: PromptsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -108,12 +110,10 @@ def split_prompts(df: pd.DataFrame, cfg: PromptsConfig) -> tuple[pd.DataFrame, p
     """
     if len(df) < cfg.eval_size + 1:
         raise DataError(
-            f"prompts file {cfg.path} has {len(df)} prompts; prompts.eval_size={cfg.eval_size} leaves none "
-            "for training"
+            f"prompts {cfg.path} has {len(df)} prompts; prompts.eval_size={cfg.eval_size} leaves none for training"
         )
     order = np.random.default_rng(cfg.seed).permutation(len(df))
     shuffled = df.iloc[order].reset_index(drop=True)
-    shuffled["messages"] = [to_messages(p, cfg.system_prompt) for p in shuffled["prompt"]]
     eval_df = shuffled.iloc[: cfg.eval_size].reset_index(drop=True)
     pool = shuffled.iloc[cfg.eval_size:].reset_index(drop=True)
     n_parts = max(1, len(pool) // cfg.prompts_per_iteration)

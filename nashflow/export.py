@@ -1,4 +1,13 @@
-"""Held-out responses in the answer formats of external harnesses, to judge them elsewhere.
+"""Outputs in the formats of other tools: TRL's preference datasets and external judges' answer files.
+
+* TRL (``DPOTrainer`` and the other preference trainers): every iteration's pairs as a Parquet
+  table in TRL's conversational preference format with an explicit prompt: ``prompt`` (the
+  conversation the policy saw), ``chosen`` and ``rejected`` (one assistant turn each), plus
+  ``prompt_id``, ``pair_id``, ``score_chosen``, ``score_rejected`` (rewards) and
+  ``chosen_finish``, ``rejected_finish`` (``length``: cut at ``max_new_tokens``). Load it with
+  ``datasets.load_dataset("parquet", data_files=...)``.
+
+Held-out responses, to judge them elsewhere:
 
 * AlpacaEval: a JSON list of ``{"instruction", "output", "generator", "dataset"}`` (the format of
   ``alpaca_eval --model_outputs``).
@@ -17,13 +26,35 @@ import json
 
 import pandas as pd
 
-from nashflow.io import atomic_path
+from nashflow.io import atomic_path, provenance, read_table, write_table
+from nashflow.messages import conversation, last_user_text
+
+
+def trl_pairs(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Pairs (``pairs.parquet``) in TRL's conversational preference format (see the module docstring)."""
+    turn = lambda text: [{"role": "assistant", "content": str(text)}]
+    return pd.DataFrame({
+        "prompt": [conversation(m, f"pair {pid}") for m, pid in zip(pairs["messages"], pairs["pair_id"])],
+        "chosen": [turn(t) for t in pairs["chosen"]],
+        "rejected": [turn(t) for t in pairs["rejected"]],
+        "prompt_id": pairs["prompt_id"].astype(str).to_numpy(),
+        "pair_id": pairs["pair_id"].astype(str).to_numpy(),
+        "score_chosen": pairs["chosen_reward"].astype("float64").to_numpy(),
+        "score_rejected": pairs["rejected_reward"].astype("float64").to_numpy(),
+        "chosen_finish": pairs["chosen_finish"].astype(str).to_numpy(),
+        "rejected_finish": pairs["rejected_finish"].astype(str).to_numpy(),
+    })
+
+
+def export_trl_pairs(pairs_path: str, out: str) -> None:
+    """Write ``trl_pairs`` of the pairs table at ``pairs_path`` to ``out`` (Parquet, with provenance)."""
+    write_table(trl_pairs(read_table(pairs_path)), out, provenance(parents={"pairs": pairs_path},
+                                                                    format="trl-preference-conversational"))
 
 
 def _instruction(row) -> str:
     msgs = row["raw_messages"] if "raw_messages" in row and row["raw_messages"] is not None else row["messages"]
-    users = [m["content"] for m in msgs if m["role"] == "user"]
-    return users[-1] if users else ""
+    return last_user_text(msgs)
 
 
 def answers(df: pd.DataFrame, model_id: str) -> pd.DataFrame:

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from nashflow.errors import DataError
 from nashflow.sampling import NucleusFilter
 from nashflow.seeding import derive_seed
-from nashflow.torchutil import inference_mode
+from nashflow.torchutil import inference_mode, input_device
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def generate_samples(model, tokenizer, prompts: pd.DataFrame, cfg: SamplingConfi
     """
     from transformers import LogitsProcessorList
 
-    device = next(model.parameters()).device
+    device = input_device(model)
     context = getattr(model.config, "max_position_embeddings", None)
     encoded = encode_prompts(tokenizer, prompts, cfg, context)
     rows = [(len(ids), i, k) for i, (_, _, ids) in enumerate(encoded) for k in range(cfg.samples_per_prompt)]

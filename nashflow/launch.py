@@ -26,15 +26,17 @@ def accelerate_command(n_gpus: int, spec_path: str, accelerate_config: str | Non
     Processes: one per GPU of the job (CPU: ``cpu_processes``, default 1). The accelerate config
     file (``training.distributed``) decides how several processes train (DDP, DeepSpeed ZeRO, FSDP)
     on any number of processes: no ``--multi_gpu`` flag overrides its ``distributed_type``. Mixed
-    precision: ``mixed_precision`` when the user set one, else the config file's; always ``no`` on
-    CPU. A single CPU process runs plainly (``--cpu``, no config)."""
+    precision: ``mixed_precision`` when given (the workflow always gives it: ``compute.training_dtype``,
+    see nashflow/precision.py; ``bf16`` on a CPU is autocast), else the config file's on GPUs and
+    ``no`` on CPUs. A single CPU
+    process runs plainly (``--cpu``, no config)."""
     procs = max(1, int(n_gpus)) if n_gpus > 0 else max(1, int(cpu_processes))
     with_config = bool(accelerate_config) and (n_gpus > 0 or procs > 1)
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     if with_config:
         cmd += ["--config_file", str(accelerate_config)]
     cmd += ["--num_processes", str(procs), "--num_machines", "1", "--dynamo_backend", "no"]
-    precision = "no" if n_gpus <= 0 else mixed_precision
+    precision = mixed_precision or ("no" if n_gpus <= 0 else None)  # the yamls' bf16 is for GPUs
     if precision:
         cmd += ["--mixed_precision", precision]
     if not with_config:

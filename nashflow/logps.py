@@ -13,9 +13,13 @@ sequence):
   and to itself only and takes the position ids it would have alone; the prompt is computed once.
   Groups are packed first-fit into rows (no padding between them) and rows are batched under a
   token budget. See :func:`pack_rows` and :func:`packed_logps`.
+- flat (flash-attention, whose kernels take no 4D mask): whole sequences one after another in one
+  row per batch, their position ids restarting at 0; transformers turns the position ids into
+  variable-length attention (and, for sdpa/eager, into the equivalent block mask, which is how the
+  layout is tested on a CPU). Prompts are not shared.
 - padded: sequences sorted by length, right-padded batches (:func:`collate`, :func:`token_logps`),
-  used for other attention implementations (e.g. flash-attention-2) and for per-token outputs in
-  the trainer's [B, T] layout (Nash-MD).
+  used for other attention implementations and for per-token outputs in the trainer's [B, T]
+  layout (Nash-MD).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nashflow.generate import encode_prompt
-from nashflow.torchutil import inference_mode
+from nashflow.torchutil import inference_mode, input_device, unwrap
 
 
 @dataclass(frozen=True)
@@ -84,16 +88,6 @@ def _split_head(model):
     return body, head
 
 
-def unwrap(model):
-    """The model inside DDP / DeepSpeed engine wrappers (FSDP2 and peft models are their own modules).
-
-    What accelerate's ``extract_model_from_parallel`` does for these wrappers, without importing
-    DeepSpeed into every log-prob job that calls this once per batch."""
-    while isinstance(getattr(model, "module", None), torch.nn.Module):
-        model = model.module
-    return model
-
-
 def logits_at(model, src: torch.Tensor, **inputs) -> torch.Tensor:
     """Logits [N, V] at the flat positions ``src`` (row * width + column) of the model's inputs.
 
@@ -105,7 +99,7 @@ def logits_at(model, src: torch.Tensor, **inputs) -> torch.Tensor:
     """
     def pick(_module, args):
         hidden = args[0]
-        return (hidden.reshape(-1, hidden.shape[-1])[src],)
+        return (hidden.reshape(-1, hidden.shape[-1])[src.to(hidden.device)],)
 
     handle = unwrap(model).get_output_embeddings().register_forward_pre_hook(pick)
     try:
@@ -126,7 +120,8 @@ def token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     width = input_ids.shape[1]
     rows, cols = mask.nonzero(as_tuple=True)
     logits = logits_at(model, rows * width + cols, input_ids=input_ids, attention_mask=attention_mask).float()
-    picked = -torch.nn.functional.cross_entropy(logits, labels[rows, cols], reduction="none")
+    picked = -torch.nn.functional.cross_entropy(logits, labels[rows, cols].to(logits.device), reduction="none")
+    picked = picked.to(input_ids.device)
     out = torch.zeros(labels.shape, dtype=picked.dtype, device=picked.device)
     return out.index_put((rows, cols), picked)
 
@@ -147,14 +142,30 @@ def length_batches(lengths: Sequence[int], max_tokens: int, max_batch: int = 64)
     return batches
 
 
-def can_pack(model) -> bool:
-    """Whether ``model`` (or the model inside its DDP / DeepSpeed wrapper) takes a custom 4D attention mask."""
+#: attention implementations that take packed sequences separated by position ids alone (varlen kernels)
+FLAT_ONLY = ("flash_attention_2", "flash_attention_3")
+
+
+def packing_mode(model) -> str | None:
+    """How ``model`` (or the model inside its DDP / DeepSpeed wrapper) can take packed rows.
+
+    ``tree`` where the attention implementation takes a custom 4D mask (``sdpa``, ``eager``): a
+    group's responses share one copy of its prompt. ``flat`` for flash-attention: whole sequences
+    (prompt and response) one after another in a single row, told apart by their position ids
+    restarting at 0 (transformers' padding-free path), no mask. ``None``: padded batches.
+    """
     inner = unwrap(model)
     config = getattr(inner, "config", None)
     if config is None or not hasattr(inner, "get_output_embeddings"):
-        return False
+        return None
     impl = getattr(config, "_attn_implementation", None) or "eager"
-    return impl in ("sdpa", "eager")
+    if impl in ("sdpa", "eager"):
+        return "tree"
+    return "flat" if impl in FLAT_ONLY else None
+
+
+def can_pack(model) -> bool:
+    return packing_mode(model) is not None
 
 
 def prompt_groups(encoded: Sequence[Encoded], candidates: Sequence[Sequence[int]] | None = None) -> list[list[int]]:
@@ -222,7 +233,7 @@ class PackedBatch:
 
     input_ids: torch.Tensor  # [B, W]
     position_ids: torch.Tensor  # [B, W]
-    attention_mask: torch.Tensor  # [B, 1, W, W] bool, True = may attend
+    attention_mask: torch.Tensor | None  # [B, 1, W, W] bool, True = may attend; None for flat rows
     src: torch.Tensor  # [N]
     tgt: torch.Tensor  # [N]
     seq: torch.Tensor  # [N]
@@ -231,7 +242,9 @@ class PackedBatch:
 
 
 def build_packed(encoded: Sequence[Encoded], rows: Sequence[Sequence[Sequence[int]]], pad_id: int,
-                 device=None) -> PackedBatch:
+                 device=None, flat: bool = False) -> PackedBatch:
+    """Model inputs for packed rows; ``flat`` rows (groups of one sequence each) get no mask: the
+    position ids, restarting at 0 for each sequence, separate them (see :func:`packing_mode`)."""
     width = max(sum(group_length(encoded, g) for g in row) for row in rows)
     n_rows = len(rows)
     ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
@@ -263,16 +276,30 @@ def build_packed(encoded: Sequence[Encoded], rows: Sequence[Sequence[Sequence[in
                 order.append(i)
                 cur += n
         tokens += cur
-    causal = torch.ones(width, width, dtype=torch.bool).tril()
-    same_block = block[:, :, None] == block[:, None, :]
-    same_branch = (branch[:, None, :] == 0) | (branch[:, :, None] == branch[:, None, :])
-    mask = (same_block & same_branch & causal)[:, None]
+    mask = None
+    if not flat:
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        same_block = block[:, :, None] == block[:, None, :]
+        same_branch = (branch[:, None, :] == 0) | (branch[:, :, None] == branch[:, None, :])
+        mask = (same_block & same_branch & causal)[:, None]
     t = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
     out = PackedBatch(ids, pos, mask, t(src), t(tgt), t(seq), order, tokens)
     if device is not None:
         for name in ("input_ids", "position_ids", "attention_mask", "src", "tgt", "seq"):
-            setattr(out, name, getattr(out, name).to(device))
+            if getattr(out, name) is not None:
+                setattr(out, name, getattr(out, name).to(device))
     return out
+
+
+def _mask_for(model, mask: torch.Tensor) -> torch.Tensor:
+    """A 4D boolean mask as the model's attention takes it: sdpa takes booleans; eager adds the mask
+    to its scores, so it gets 0 where attention is allowed and the dtype's minimum elsewhere
+    (a boolean there would add 1 and 0 and mask nothing)."""
+    inner = unwrap(model)
+    if getattr(inner.config, "_attn_implementation", None) != "eager":
+        return mask
+    dtype = inner.get_input_embeddings().weight.dtype
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
 
 
 def packed_logps(model, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -283,9 +310,13 @@ def packed_logps(model, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]
     ``-cross_entropy(logits, y)``: log-softmax and gather in one fused call (faster than
     log_softmax + gather or logit[y] - logsumexp on CPU).
     """
-    logits = logits_at(model, batch.src, input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                       position_ids=batch.position_ids)
-    tok = -torch.nn.functional.cross_entropy(logits.float(), batch.tgt, reduction="none")
+    inputs = {"input_ids": batch.input_ids, "position_ids": batch.position_ids}
+    if batch.attention_mask is not None:
+        inputs["attention_mask"] = _mask_for(model, batch.attention_mask)
+    logits = logits_at(model, batch.src, **inputs)
+    # a model split across GPUs returns its logits on the last one
+    tok = -torch.nn.functional.cross_entropy(logits.float(), batch.tgt.to(logits.device), reduction="none")
+    tok = tok.to(batch.tgt.device)
     sums = torch.zeros(len(batch.order), dtype=tok.dtype, device=tok.device).index_add(0, batch.seq, tok)
     return sums, tok
 
@@ -309,22 +340,28 @@ def packed_batches(encoded: Sequence[Encoded], groups: Sequence[Sequence[int]], 
 
 @inference_mode
 def sequence_logps(model, encoded: Sequence[Encoded], pad_id: int, *, max_tokens: int = 4096,
-                   progress: bool = True, per_token: bool = False, packing: bool | None = None,
+                   progress: bool = True, per_token: bool = False, packing: bool | str | None = None,
                    groups: Sequence[Sequence[int]] | None = None):
     """Summed response log-probs and response token counts for every encoded sequence.
 
     With ``per_token`` also returns, per sequence, the list of response-token log-probs. Packed
-    (see the module docstring) when ``packing`` is true or, by default, when the model allows it;
-    ``groups`` says which sequences may share their prompt (default: all with the same prompt).
+    (see the module docstring) by default as the model allows (:func:`packing_mode`); ``packing``
+    False pads, ``"tree"`` or ``"flat"`` forces a layout. ``groups`` says which sequences may share
+    their prompt in tree rows (default: all with the same prompt).
     """
-    device = next(model.parameters()).device
+    device = input_device(model)
     sums = np.zeros(len(encoded), dtype=np.float64)
     counts = np.array([e.n_response for e in encoded], dtype=np.int64)
     tokens: list[list[float]] = [[] for _ in encoded]
-    if packing is None:
-        packing = can_pack(model)
-    if packing and encoded and min(e.response_start for e in encoded) >= 1:
-        batches = _packed_results(model, encoded, prompt_groups(encoded, groups), pad_id, max_tokens, device, per_token)
+    if packing is None or packing is True:
+        packing = packing_mode(model) or ("tree" if packing else None)
+    if packing == "flat" and encoded:
+        total = sum(len(e.input_ids) for e in encoded)
+        rows = packed_batches(encoded, [[i] for i in range(len(encoded))], max_tokens, width=min(total, max_tokens))
+        batches = _packed_results(model, encoded, rows, pad_id, device, per_token, flat=True)
+    elif packing and encoded and min(e.response_start for e in encoded) >= 1:
+        rows = packed_batches(encoded, prompt_groups(encoded, groups), max_tokens)
+        batches = _packed_results(model, encoded, rows, pad_id, device, per_token)
     else:
         batches = _padded_results(model, encoded, pad_id, max_tokens, device, per_token)
     bar = tqdm(total=len(encoded), desc="log-probs", unit="seq", disable=not progress, mininterval=5)
@@ -337,10 +374,10 @@ def sequence_logps(model, encoded: Sequence[Encoded], pad_id: int, *, max_tokens
     return (sums, counts, tokens) if per_token else (sums, counts)
 
 
-def _packed_results(model, encoded, groups, pad_id, max_tokens, device, per_token):
-    """(encoded indices, summed log-probs, per-token lists or nothing) per packed batch."""
-    for rows in packed_batches(encoded, groups, max_tokens):
-        batch = build_packed(encoded, rows, pad_id, device)
+def _packed_results(model, encoded, batches, pad_id, device, per_token, flat=False):
+    """(encoded indices, summed log-probs, per-token lists or nothing) per batch of packed rows."""
+    for rows in batches:
+        batch = build_packed(encoded, rows, pad_id, device, flat=flat)
         s, tok = packed_logps(model, batch)
         per = []
         if per_token:

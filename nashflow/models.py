@@ -35,8 +35,13 @@ class BaseModelConfig:
     gguf_dir: str | None = None
     gguf_file: str | None = "SmolLM2-135M-Instruct.Q4_1.gguf"
     trust_remote_code: bool = False
+    tiny: dict[str, Any] | None = None  # build a tiny random policy instead (nashflow.tiny_policy)
 
     def __post_init__(self):
+        if self.tiny is not None:
+            from nashflow.tiny_policy import check_settings
+
+            check_settings(self.tiny)
         if not self.path and not self.gguf_file:
             raise ValueError("base_model needs either 'path' or 'gguf_file'")
 
@@ -69,6 +74,10 @@ def prepare_base_model(cfg: BaseModelConfig, out_dir: str | os.PathLike, seed: i
     """Convert the configured base model into a safetensors folder at ``out_dir``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if cfg.tiny is not None:
+        from nashflow.tiny_policy import build_tiny_policy
+
+        return build_tiny_policy(cfg.tiny, out_dir)
     src, gguf = _resolve_source(cfg)
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
     if gguf:
@@ -85,7 +94,9 @@ def prepare_base_model(cfg: BaseModelConfig, out_dir: str | os.PathLike, seed: i
         raise DataError(f"the tokenizer of base model {src} could not be loaded (config key base_model.path): "
                         f"{str(err).splitlines()[0]}") from err
     try:
-        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32, **kwargs)
+        # GGUF weights are dequantized to float32; a Hugging Face folder keeps its own dtype (a 70B
+        # bf16 model is not doubled to 280 GB); jobs load the copy in their compute dtype
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32 if gguf else "auto", **kwargs)
     except (OSError, ValueError, KeyError) as err:
         raise DataError(f"base model {src} could not be loaded as a causal LM: {str(err).splitlines()[0]}") from err
     if getattr(tokenizer, "chat_template", None) is None:
@@ -115,8 +126,12 @@ def load_tokenizer(path: str | os.PathLike):
 
 
 def load_model(path: str | os.PathLike, *, dtype: torch.dtype | None = None, device: str | None = None,
-               trust_remote_code: bool = False, eval_mode: bool = True):
-    """Load a causal LM from a safetensors folder (never from pickle files)."""
+               trust_remote_code: bool = False, eval_mode: bool = True, attn_implementation: str | None = None,
+               auto_class=None, **placement):
+    """Load a causal LM (or ``auto_class``) from a safetensors folder (never from pickle files).
+
+    ``placement`` (``device_map``, ``max_memory``, ``offload_folder``) goes to ``from_pretrained``
+    to split the model across devices (see :mod:`nashflow.placement`)."""
     from transformers import AutoModelForCausalLM
 
     path = Path(path)
@@ -125,25 +140,46 @@ def load_model(path: str | os.PathLike, *, dtype: torch.dtype | None = None, dev
     if not any(path.glob("*.safetensors")):
         raise DataError(f"model folder {path} has no *.safetensors weights; nashflow never loads pickled "
                         "weights (.bin/.pt): convert them with save_pretrained(safe_serialization=True)")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32 if dtype is None else dtype,
-                                                 use_safetensors=True,
-                                                 trust_remote_code=trust_remote_code)
-    if device:
+    kwargs = {k: v for k, v in placement.items() if v is not None}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = (auto_class or AutoModelForCausalLM).from_pretrained(
+            path, dtype=torch.float32 if dtype is None else dtype, use_safetensors=True,
+            trust_remote_code=trust_remote_code, **kwargs)
+    except ImportError as err:  # e.g. flash_attention_2 without the flash-attn package
+        raise DataError(f"model {path} could not be loaded with attn_implementation={attn_implementation} "
+                        f"(config key compute.attn_implementation): {str(err).splitlines()[0]}") from err
+    if device and "device_map" not in kwargs:
         model.to(device)
     if eval_mode:
         model.eval()
     return model
 
 
+def load_for_stage(path: str | os.PathLike, settings: dict, *, trust_remote_code: bool = False, auto_class=None):
+    """A model for a forward-only job (sampling, scoring, log-probs) with the stage's ``compute``
+    settings (:func:`nashflow.precision.stage_compute`): its dtype, attention implementation and
+    placement on the job's GPUs (:func:`nashflow.placement.placement_for`).
+
+    Returns the model and what was chosen (``dtype``, ``attn_implementation``, ``device_map``), for
+    the output's provenance."""
+    from nashflow.placement import placement_for
+    from nashflow.precision import attention_for, resolve, torch_dtype
+
+    device = default_device()
+    dtype = resolve(settings["dtype"], device)
+    attn = attention_for(settings["attn_implementation"], device)
+    place = placement_for(path, dtype, settings["memory_headroom"])
+    model = load_model(path, dtype=torch_dtype(dtype), device=place.device, attn_implementation=attn,
+                       trust_remote_code=trust_remote_code, auto_class=auto_class, **place.load_kwargs())
+    chosen = {"dtype": dtype, "attn_implementation": attn, "device_map": place.device_map or place.device}
+    log.info("loaded %s: %s", path, chosen)
+    return model, chosen
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def default_dtype(device: str) -> torch.dtype:
-    """fp32 on CPU (bf16 matmuls are ~100x slower on these CPUs), bf16 on GPUs that support it."""
-    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
 
 
 def set_threads(n: int | None) -> None:

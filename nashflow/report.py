@@ -257,3 +257,56 @@ def examples_html(columns: dict[str, str], path: str, *, n: int = 8, title: str 
 
     with atomic_path(path) as tmp:
         tmp.write_text(doc, encoding="utf-8")
+
+
+def _simplex_xy(p):
+    """Barycentric (p_0, p_1, p_2) → plane: action 0 at (0, 0), 1 at (1, 0), 2 at (½, √3/2)."""
+    import numpy as np
+
+    p = np.asarray(p, dtype=float)
+    p = p / p.sum(-1, keepdims=True)
+    return p[..., 1] + 0.5 * p[..., 2], (3 ** 0.5 / 2) * p[..., 2]
+
+
+def plot_game(df: pd.DataFrame, nash, path: str, title: str) -> None:
+    """Matrix-game trajectories (``game.csv`` rows with a ``run`` column): total variation to the Nash
+    equilibrium and exploitability (solid; the KL-regularised one dashed where defined) over
+    iterations, and for 3 actions the action distributions on the simplex (base ○, last iterate ■)."""
+    import numpy as np
+
+    plt = _plt()
+    actions = [c for c in df.columns if c.startswith("p_") and c != "p_none"]
+    simplex = len(actions) == 3
+    fig, axes = plt.subplots(1, 3 if simplex else 2, figsize=(15 if simplex else 10, 4.4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for n, (run, d) in enumerate(df.groupby("run", sort=False)):
+        c = colors[n % len(colors)]
+        axes[0].plot(d.iteration, d.tv_to_nash, marker="o", ms=3, color=c, label=run)
+        axes[1].plot(d.iteration, d.exploitability, marker="o", ms=3, color=c, label=run)
+        if "exploitability_regularised" in d and d.exploitability_regularised.notna().any():
+            axes[1].plot(d.iteration, d.exploitability_regularised, ls="--", color=c, alpha=0.7)
+        if simplex:
+            x, y = _simplex_xy(d[actions].to_numpy())
+            axes[2].plot(x, y, marker=".", ms=4, lw=1, color=c, alpha=0.8, label=run)
+            axes[2].plot(x[:1], y[:1], "o", mfc="none", color=c)
+            axes[2].plot(x[-1:], y[-1:], "s", color=c)
+    axes[0].set(xlabel="iteration (0 = base model)", ylabel="total variation to Nash", title=title)
+    axes[1].set(xlabel="iteration (0 = base model)", ylabel="exploitability max_a P(a ≻ π) − ½",
+                title="exploitability (dashed: regularised game)")
+    axes[1].axhline(0, color="grey", lw=0.8)
+    if simplex:
+        ax = axes[2]
+        ax.plot([0, 1, 0.5, 0], [0, 0, 3 ** 0.5 / 2, 0], color="grey", lw=1)
+        for a, (x, y) in enumerate([(0, 0), (1, 0), (0.5, 3 ** 0.5 / 2)]):
+            ax.annotate(f"action {a}", (x, y), textcoords="offset points", xytext=(0, 6 if a == 2 else -12),
+                        ha="center", fontsize=8)
+        x, y = _simplex_xy(np.asarray(nash))
+        ax.plot([x], [y], "*", color="black", ms=14, label="Nash")
+        ax.set_aspect("equal")
+        ax.set_xlim(-0.08, 1.08)
+        ax.set_ylim(-0.12, 0.95)
+        ax.axis("off")
+        ax.set_title("action distributions (○ base, ■ last iterate)")
+        ax.legend(fontsize=7, loc="upper right")
+    axes[0].legend(fontsize=7)
+    _save(fig, path, *axes[:2])

@@ -14,12 +14,13 @@ import numpy as np
 import pandas as pd
 
 from nashflow import config as C
-from nashflow.data import iteration_prompts, load_prompts, shard_rows, split_prompts
+from nashflow.data import iteration_prompts, prompt_table, shard_rows, split_prompts
 from nashflow.evaluate import base_metrics, iteration_metrics
 from nashflow.io import atomic_path, provenance, read_provenance, read_table, write_json, write_table
 from nashflow.logps import encode_pair_side, sequence_logps
-from nashflow.models import default_device, load_model, load_tokenizer, prepare_base_model, set_threads
+from nashflow.models import load_for_stage, load_tokenizer, prepare_base_model, set_threads
 from nashflow.pairs import build_pairs
+from nashflow.precision import stage_compute
 from nashflow.scorers import CompositeScorer
 from nashflow.seeding import derive_seed
 
@@ -44,10 +45,11 @@ def prepare_model(cfg: dict, out_dir: str) -> None:
 
 
 def split(cfg: dict, eval_out: str, pool_out: str) -> None:
+    """The held-out prompts and the training pool; the provenance records the source and the rows used."""
     pcfg = C.prompts_config(cfg)
-    df = load_prompts(pcfg)
+    df, source = prompt_table(pcfg)
     eval_df, pool = split_prompts(df, pcfg)
-    prov = provenance(parents={"prompts": pcfg.path}, config=cfg["prompts"], seed=cfg["seed"])
+    prov = provenance(parents={"prompts": pcfg.path}, config=cfg["prompts"], seed=cfg["seed"], source=source)
     write_table(eval_df, eval_out, prov)
     write_table(pool, pool_out, prov)
     log.info("%d prompts: %d held out, %d in the training pool (%d per iteration)", len(df), len(eval_df),
@@ -77,14 +79,19 @@ def _with_prompt_columns(df: pd.DataFrame, prompts: pd.DataFrame) -> pd.DataFram
     return df.merge(prompts[["prompt_id"] + extra], on="prompt_id", how="left", validate="many_to_one")
 
 
-def _vllm_tables(model_dir: str, prompt_sets: list[pd.DataFrame], scfg, *, seed: int, gpus: int) -> list[pd.DataFrame]:
-    """One samples table per prompt set, all from one vLLM engine (none without prompts)."""
+def _vllm_tables(model_dir: str, prompt_sets: list[pd.DataFrame], scfg, *, seed: int, gpus: int,
+                 compute: dict) -> list[pd.DataFrame]:
+    """One samples table per prompt set, all from one vLLM engine (none without prompts); the engine's
+    dtype is the sampling stage's unless ``generation.vllm.dtype`` is set."""
+    from nashflow.precision import resolve
     from nashflow.vllm_backend import generate_vllm_sets
 
     if not any(len(p) for p in prompt_sets):
         return [generate_table(None, None, p, scfg, seed=seed, generator="") for p in prompt_sets]
     return generate_vllm_sets(model_dir, load_tokenizer(model_dir), prompt_sets, scfg, seed=seed,
-                              generator=checkpoint_name(model_dir), tensor_parallel=gpus, engine_args=scfg.vllm)
+                              generator=checkpoint_name(model_dir), tensor_parallel=gpus,
+                              engine_args={"dtype": resolve(compute["dtype"], "cuda" if gpus > 0 else "cpu"),
+                                           **scfg.vllm})
 
 
 def generate(cfg: dict, *, iteration: int, shard: int, model_dir: str, pool_path: str, out: str,
@@ -109,13 +116,13 @@ def generate(cfg: dict, *, iteration: int, shard: int, model_dir: str, pool_path
     scfg = C.sampling_config(cfg)
     seed = derive_seed(cfg["seed"], "generate", iteration, shard)
     if scfg.backend == "vllm":  # config validation keeps the mixture sampler off this path
-        df = _with_prompt_columns(_vllm_tables(model_dir, [prompts], scfg, seed=seed, gpus=gpus)[0], prompts)
+        df = _with_prompt_columns(_vllm_tables(model_dir, [prompts], scfg, seed=seed, gpus=gpus,
+                                                              compute=stage_compute(cfg, "sampling"))[0], prompts)
         write_table(df, out, provenance(parents={"generator": model_dir, "prompts": pool_path},
                                         config={"generation": cfg["generation"], "algorithm": algo},
                                         seed=seed, iteration=iteration, shard=shard))
         return
-    device = default_device()
-    model = load_model(model_dir, device=device)
+    model, placed = load_for_stage(model_dir, stage_compute(cfg, "sampling"))
     tok = load_tokenizer(model_dir)
     name = checkpoint_name(model_dir)
     parents = {"generator": model_dir, "prompts": pool_path}
@@ -128,11 +135,12 @@ def generate(cfg: dict, *, iteration: int, shard: int, model_dir: str, pool_path
             mix = generate_table(model, tok, prompts, replace(scfg, samples_per_prompt=1),
                                  seed=derive_seed(seed, "mixture"),
                                  generator=f"mixture({name},{checkpoint_name(reference_dir)},{algo['mixture_coef']})",
-                                 mixture_ref=load_model(reference_dir, device=device),
+                                 mixture_ref=load_for_stage(reference_dir, stage_compute(cfg, "sampling"))[0],
                                  mixture_coef=algo["mixture_coef"], sample_offset=1)
             df = pd.concat([df, mix]).sort_values(["prompt_id", "sample_index"]).reset_index(drop=True)
     df = _with_prompt_columns(df, prompts)
-    write_table(df, out, provenance(parents=parents, config={"generation": cfg["generation"], "algorithm": algo},
+    write_table(df, out, provenance(parents=parents, config={"generation": cfg["generation"], "algorithm": algo,
+                                                             "compute": placed},
                                     seed=seed, iteration=iteration, shard=shard))
 
 
@@ -141,9 +149,9 @@ def import_initial(cfg: dict, *, shard: int, samples_out: str, scores_out: str) 
     from nashflow.offline import initial_shard, load_initial
 
     init = cfg["initial_data"]
-    samples, scores = load_initial(init["path"], init["prompt_column"], cfg["prompts"]["system_prompt"])
+    samples, scores, source = load_initial(C.initial_data_config(cfg), cfg["prompts"]["system_prompt"])
     s, sc = initial_shard(samples, scores, shard, cfg["shards"])
-    prov = provenance(parents={"initial_data": init["path"]}, config=init)
+    prov = provenance(parents={"initial_data": init["path"]}, config=init, source=source)
     write_table(s, samples_out, prov)
     write_table(sc, scores_out, prov)
 
@@ -168,7 +176,8 @@ def score(cfg: dict, *, samples_path: str, out: str, base_model_dir: str | None 
     """
     set_threads(threads)
     samples = read_table(samples_path)
-    scorer = CompositeScorer(C.scorer_config(cfg), base_model_dir=base_model_dir)
+    scorer = CompositeScorer(C.scorer_config(cfg), base_model_dir=base_model_dir,
+                             compute=stage_compute(cfg, "scoring"))
     scores = scorer.score_table(samples) if len(samples) else pd.DataFrame(
         {"prompt_id": pd.Series(dtype=str), "sample_index": pd.Series(dtype="int64"),
          "reward": pd.Series(dtype="float64")})
@@ -197,7 +206,7 @@ def logps(cfg: dict, *, pairs_path: str, shard: int, model_dir: str, out: str, t
     tcfg = C.train_config(cfg)
     per_token = cfg["algorithm"]["loss"] == "nash_md"
     tok = load_tokenizer(model_dir)
-    model = load_model(model_dir, device=default_device())
+    model, placed = load_for_stage(model_dir, stage_compute(cfg, "logps"))
     enc = []
     for side in ("chosen", "rejected"):
         for msgs, text, fin in zip(pairs_df.messages, pairs_df[side], pairs_df[f"{side}_finish"]):
@@ -215,7 +224,9 @@ def logps(cfg: dict, *, pairs_path: str, shard: int, model_dir: str, out: str, t
         sums, counts = np.zeros(0), np.zeros(0, dtype=np.int64)
     out_df["chosen_logp"], out_df["chosen_tokens"] = sums[:n], counts[:n]
     out_df["rejected_logp"], out_df["rejected_tokens"] = sums[n:], counts[n:]
-    write_table(out_df, out, provenance(parents={"pairs": pairs_path, "model": model_dir}, config=cfg["training"]))
+    lengths = {k: cfg["training"][k] for k in ("max_length", "max_prompt_length")}
+    write_table(out_df, out, provenance(parents={"pairs": pairs_path, "model": model_dir},
+                                        config={"training": lengths, "logps": cfg["logps"], "compute": placed}))
 
 
 def train(cfg: dict, *, policy_dir: str, pairs_path: str, logps: dict, roles: dict, out_dir: str,
@@ -225,7 +236,10 @@ def train(cfg: dict, *, policy_dir: str, pairs_path: str, logps: dict, roles: di
     from dataclasses import asdict
 
     from nashflow.launch import launch_training
+    from nashflow.precision import MIXED_PRECISION, resolve
 
+    compute = stage_compute(cfg, "training")
+    compute["dtype"] = resolve(compute["dtype"], "cuda" if n_gpus > 0 else "cpu")
     spec = {
         "policy_path": policy_dir, "pairs_path": pairs_path, "logps": logps,
         "output_dir": out_dir, "metrics_path": metrics_path, "threads": threads,
@@ -238,8 +252,9 @@ def train(cfg: dict, *, policy_dir: str, pairs_path: str, logps: dict, roles: di
         "tensorboard_dir": str(Path(log_path).parent / "tensorboard") if log_path else None,
         # resumable state beside the declared outputs, which Snakemake removes when a job fails
         "state_dir": str(Path(out_dir).parent / "train_state"),
+        "compute": compute,
     }
-    launch_training(spec, n_gpus=n_gpus, log_path=log_path, mixed_precision=cfg["training"]["mixed_precision"],
+    launch_training(spec, n_gpus=n_gpus, log_path=log_path, mixed_precision=MIXED_PRECISION[compute["dtype"]],
                     accelerate_config=accelerate_config if n_gpus > 0 else None)
 
 
@@ -263,9 +278,9 @@ def eval_generate(cfg: dict, *, model_dir: str, eval_prompts: str, out: str, thr
     else:
         sets = [prompts]
     if scfg.backend == "vllm":  # one engine for every weight vector
-        tables = _vllm_tables(model_dir, sets, scfg, seed=seed, gpus=gpus)
+        tables = _vllm_tables(model_dir, sets, scfg, seed=seed, gpus=gpus, compute=stage_compute(cfg, "sampling"))
     else:
-        model, tok = load_model(model_dir, device=default_device()), load_tokenizer(model_dir)
+        (model, _), tok = load_for_stage(model_dir, stage_compute(cfg, "sampling")), load_tokenizer(model_dir)
         tables = [generate_table(model, tok, p, scfg, seed=seed, generator=checkpoint_name(model_dir)) for p in sets]
     if moodpo:
         for g, (part, cond) in enumerate(zip(tables, sets)):
@@ -278,7 +293,8 @@ def eval_generate(cfg: dict, *, model_dir: str, eval_prompts: str, out: str, thr
     if sc.kind == "preference":
         df["reward"] = np.nan
     else:
-        scored = CompositeScorer(sc, base_model_dir=base_model_dir).score_table(df)
+        scored = CompositeScorer(sc, base_model_dir=base_model_dir,
+                                 compute=stage_compute(cfg, "scoring")).score_table(df)
         df = df.merge(scored, on=["prompt_id", "sample_index"], validate="one_to_one")
     write_table(df, out, provenance(parents={"model": model_dir, "prompts": eval_prompts},
                                     config={"evaluation": cfg["evaluation"], "scorer": cfg["scorer"]}, seed=seed))
@@ -295,7 +311,8 @@ def eval_metrics(cfg: dict, *, iteration: int, current: str, base: str, previous
         compare = None
         if scfg.kind == "preference":
             set_threads(threads)
-            compare = CompositeScorer(scfg, base_model_dir=base_model_dir).compare
+            compare = CompositeScorer(scfg, base_model_dir=base_model_dir,
+                                      compute=stage_compute(cfg, "scoring")).compare
         base_df = read_table(base)
         prev_df = base_df if Path(previous) == Path(base) else read_table(previous)
         m = iteration_metrics(iteration, cur, base_df, prev_df, compare=compare)
@@ -384,7 +401,7 @@ def compare(cfg: dict, *, files: dict[str, dict[str, list[str]]], out: dict[str,
     comp = None
     if scfg.kind == "preference":
         set_threads(threads)
-        comp = CompositeScorer(scfg, base_model_dir=base_model_dir).compare
+        comp = CompositeScorer(scfg, base_model_dir=base_model_dir, compute=stage_compute(cfg, "scoring")).compare
     table = round_robin(players, compare=comp, seed=cfg["evaluation"]["seed"])
     if skipped:
         log.info("not in the round-robin (evaluated per weight vector): %s", ", ".join(skipped))

@@ -69,3 +69,26 @@ def inference_mode(fn):
             return fn(*args, **kwargs)
 
     return wrapper
+
+
+def unwrap(model):
+    """The model inside DDP / DeepSpeed engine wrappers (FSDP2 and peft models are their own modules).
+
+    What accelerate's ``extract_model_from_parallel`` does for these wrappers, without importing
+    DeepSpeed into every log-prob job that calls this once per batch."""
+    import torch
+
+    while isinstance(getattr(model, "module", None), torch.nn.Module):
+        model = model.module
+    return model
+
+
+def input_device(model):
+    """Where a model's inputs go: its input embeddings' device (the first GPU of a model split with a
+    device map, whose other layers sit on other devices)."""
+    inner = unwrap(model)
+    emb = inner.get_input_embeddings() if hasattr(inner, "get_input_embeddings") else None
+    weight = getattr(emb, "weight", None)
+    if weight is not None and weight.device.type != "meta":
+        return weight.device
+    return next(p.device for p in model.parameters() if p.device.type != "meta")

@@ -26,16 +26,17 @@ from nashflow.io import atomic_dir, atomic_path, provenance, read_table, write_j
 from nashflow.logps import (
     Encoded,
     build_packed,
-    can_pack,
     collate,
     encode_pair_side,
     length_batches,
     packed_batches,
     packed_logps,
+    packing_mode,
     prompt_groups,
     token_logps,
 )
 from nashflow.losses import get_loss
+from nashflow.precision import attention_for, torch_dtype
 from nashflow.seeding import derive_seed, seed_everything
 
 log = logging.getLogger(__name__)
@@ -189,11 +190,16 @@ class PairBatches:
             seqs += [self.rejected[i] for i in idx]
         n = len(idx)
         n_tok = sum(len(e.input_ids) for e in seqs)
-        if self.loss_cfg.name != "nash_md" and can_pack(model) and min(e.response_start for e in seqs) >= 1:
-            # chosen and rejected share their prompt in one packed group (see nashflow.logps)
-            cand = [[j] for j in range(n)] if self.only_chosen else [[j, n + j] for j in range(n)]
-            (rows,) = packed_batches(seqs, prompt_groups(seqs, cand), max_tokens=1 << 40)
-            batch = build_packed(seqs, rows, self.tok.pad_token_id, device)
+        mode = packing_mode(model) if self.loss_cfg.name != "nash_md" else None
+        if mode == "flat" or (mode == "tree" and min(e.response_start for e in seqs) >= 1):
+            # tree: chosen and rejected share their prompt in one packed group; flat: every sequence
+            # whole, in one row (see nashflow.logps)
+            if mode == "tree":
+                cand = [[j] for j in range(n)] if self.only_chosen else [[j, n + j] for j in range(n)]
+                (rows,) = packed_batches(seqs, prompt_groups(seqs, cand), max_tokens=1 << 40)
+            else:
+                (rows,) = packed_batches(seqs, [[j] for j in range(len(seqs))], max_tokens=1 << 40, width=n_tok)
+            batch = build_packed(seqs, rows, self.tok.pad_token_id, device, flat=mode == "flat")
             got, _ = packed_logps(model, batch)
             sums = torch.zeros_like(got).index_copy(0, torch.tensor(batch.order, device=got.device), got)
             counts = torch.tensor([e.n_response for e in seqs], dtype=torch.float32, device=got.device)
@@ -444,14 +450,17 @@ def _initial_weights(policy_path: str) -> dict[str, torch.Tensor]:
 
 def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_dir: str, metrics_path: str,
           train_cfg: TrainConfig, loss_cfg: LossConfig, parents: dict[str, Any] | None = None,
-          progress: bool = True, tensorboard_dir: str | None = None, state_dir: str | None = None) -> None:
+          progress: bool = True, tensorboard_dir: str | None = None, state_dir: str | None = None,
+          compute: dict[str, str] | None = None) -> None:
     """Train the policy initialised from ``policy_path`` on the pairs; save a safetensors folder.
 
     Metrics per optimizer step go to ``metrics_path`` (CSV) and, per ``train_cfg.report_to``, to
     TensorBoard event files in ``tensorboard_dir`` and to wandb. With ``state_dir`` a killed job
     resumes from its last saved state (see :class:`TrainState`) instead of restarting. Under
     DeepSpeed ZeRO-2/3 and FSDP (chosen by the launcher) weights are gathered collectively for the
-    best-validation copy and the saved model, and saved by the main process."""
+    best-validation copy and the saved model, and saved by the main process. ``compute`` (see
+    :mod:`nashflow.precision`): the attention implementation to load with and the dtype of the
+    saved weights; the mixed precision itself is the launcher's (accelerate's ``--mixed_precision``)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, GradientAccumulationPlugin
 
@@ -475,7 +484,11 @@ def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_di
             raise DataError(f"{len(df)} pairs are too few for a validation split of {loss_cfg.val_fraction}")
         val_df, df = df[is_val].reset_index(drop=True), df[~is_val].reset_index(drop=True)
     tok = load_tokenizer(policy_path)
-    model = load_model(policy_path, eval_mode=False)  # every rank (ZeRO-3 init partitions it collectively)
+    compute = {"attn_implementation": "sdpa", "checkpoint_dtype": "float32", **(compute or {})}
+    attn = attention_for(compute["attn_implementation"], acc.device.type)
+    # float32 weights on every rank (ZeRO-3 init partitions them collectively); the forward runs
+    # under accelerate's mixed precision
+    model = load_model(policy_path, eval_mode=False, attn_implementation=attn)
     if train_cfg.lora:
         model = add_lora(model, train_cfg.lora)
     model.config.use_cache = False
@@ -626,6 +639,7 @@ def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_di
             writer.writerows(rows)
         unwrapped = acc.unwrap_model(model)
         unwrapped.config.use_cache = True
+        ckpt_dtype = torch_dtype(compute["checkpoint_dtype"])
         extra = {"best_step": best["step"], "best_val_loss": best["val_loss"]} if val is not None else {}
         with atomic_dir(output_dir) as tmp:
             if train_cfg.lora:
@@ -636,12 +650,16 @@ def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_di
                 unwrapped.save_pretrained(tmp / "adapter", safe_serialization=True)
                 unwrapped = unwrapped.unload() if keep_initial else unwrapped.merge_and_unload()
                 extra["lora"] = dict(train_cfg.lora)
-                unwrapped.save_pretrained(tmp, safe_serialization=True)
+                unwrapped.to(ckpt_dtype).save_pretrained(tmp, safe_serialization=True)
             else:
-                unwrapped.save_pretrained(tmp, state_dict=final, safe_serialization=True)
+                unwrapped.config.dtype = ckpt_dtype
+                unwrapped.save_pretrained(tmp, state_dict={k: v.to(ckpt_dtype) for k, v in final.items()},
+                                          safe_serialization=True)
             tok.save_pretrained(tmp)
             write_json(provenance(parents=parents or {"policy_init": policy_path, "pairs": pairs_path},
-                                  config={"train": asdict(train_cfg), "loss": asdict(loss_cfg)},
+                                  config={"train": asdict(train_cfg), "loss": asdict(loss_cfg),
+                                          "compute": {**compute, "attn_implementation": attn,
+                                                      "mixed_precision": acc.mixed_precision}},
                                   seed=train_cfg.seed, role="policy", n_pairs=len(df), steps=step,
                                   processes=world, distributed=str(acc.distributed_type.value), **extra),
                        tmp / "provenance.json")

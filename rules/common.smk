@@ -8,12 +8,16 @@ from pathlib import Path
 from nashflow.torchutil import lazy_torch
 
 lazy_torch()  # building the DAG never runs a model: torch (1.5-2 s to import) loads only if used
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # as in every job: hub datasets come from the local cache
 
 from nashflow.config import run_config, run_ids, validate_config
 from nashflow.data import load_prompts
-from nashflow.config import prompts_config, scorer_config
+from nashflow.config import initial_data_config, prompts_config, scorer_config
+from nashflow.offline import check_initial
+from nashflow.sources import local_inputs
 from nashflow.errors import NashflowError
 from nashflow.methods import checkpoints_needed, iteration_roles
+from nashflow.precision import stage_compute
 
 
 def _validated(cfg):
@@ -21,6 +25,8 @@ def _validated(cfg):
     try:
         checked = validate_config(cfg, Path(workflow.basedir) / "config" / "schema.yaml")
         load_prompts(prompts_config(checked))
+        if checked["initial_data"]["path"]:
+            check_initial(initial_data_config(checked), checked["prompts"]["system_prompt"])
         base = checked["base_model"]["path"]
         if base and not (Path(base) / "config.json").exists():
             raise NashflowError(f"base model path {base} is not a model folder (config key base_model.path)")
@@ -57,18 +63,19 @@ def _settings(cfg, ecfg):
     return {
         "generate": {"generation": cfg["generation"], "seed": cfg["seed"], "shards": cfg["shards"],
                      "algorithm": pick("algorithm", "sampler", "mixture_coef", "conditioning"),
-                     "conditioning": cfg["conditioning"]},
-        "score": {"scorer": cfg["scorer"]},
+                     "conditioning": cfg["conditioning"], "compute": stage_compute(cfg, "sampling")},
+        "score": {"scorer": cfg["scorer"], "compute": stage_compute(cfg, "scoring")},
         "build_pairs": {"pairs": cfg["algorithm"]["pairs"]},
         "logps": {"training": pick("training", "max_length", "max_prompt_length"), "logps": cfg["logps"],
-                  "shards": cfg["shards"], "loss": cfg["algorithm"]["loss"]},
+                  "shards": cfg["shards"], "loss": cfg["algorithm"]["loss"], "compute": stage_compute(cfg, "logps")},
         # where metrics go, how often the state is saved and how GPUs are used do not change the model
         "train": {"training": {k: v for k, v in cfg["training"].items()
                                if k not in ("report_to", "checkpoint_every", "distributed")},
-                  "algorithm": cfg["algorithm"], "seed": cfg["seed"]},
+                  "algorithm": cfg["algorithm"], "seed": cfg["seed"], "compute": stage_compute(cfg, "training")},
         "eval_generate": {"evaluation": ecfg["evaluation"], "scorer": ecfg["scorer"],
-                          "conditioning": ecfg["conditioning"] if ecfg["algorithm"]["conditioning"] else None},
-        "eval_metrics": {"scorer": ecfg["scorer"]},
+                          "conditioning": ecfg["conditioning"] if ecfg["algorithm"]["conditioning"] else None,
+                          "compute": [stage_compute(ecfg, "sampling"), stage_compute(ecfg, "scoring")]},
+        "eval_metrics": {"scorer": ecfg["scorer"], "compute": stage_compute(ecfg, "scoring")},
     }
 
 
@@ -122,6 +129,7 @@ SCORER_THREADS = lambda wildcards: 2 if _is_model_scorer(SCORER[wildcards.run]) 
 SCORER_MEM_MB = lambda wildcards: 16000 if _is_model_scorer(SCORER[wildcards.run]) else 4000
 EVAL_THREADS = 2 if _is_model_scorer(EVAL_SCORER) else 1
 EVAL_MEM_MB = 16000 if _is_model_scorer(EVAL_SCORER) else 4000
+IS_GAME = EVAL_SCORER.components[0].type == "matrix_game"  # exact evaluation: rules/game.smk
 
 
 wildcard_constraints:
@@ -258,14 +266,21 @@ def get_compare_inputs(wildcards):
 
 
 def get_final_targets():
-    """Each run's report, exports and iterates (so that a deleted checkpoint is rebuilt with its
-    dependents), and with several runs the comparison."""
+    """Each run's report, exports (answers, TRL pairs) and iterates (so that a deleted checkpoint is
+    rebuilt with its dependents), and with several runs the comparison."""
     targets = []
+    held_out = config["evaluation"]["responses"]  # false: no sampled held-out evaluation (game testbeds)
     for r in RUNS:
-        targets += [f"results/{r}/report/summary.csv"] + [model_dir(r, t) for t in iterations(r)]
-        targets += [f"results/{eval_run(r, t)}/iter{t}/eval/alpaca_eval.json" for t in [0] + iterations(r)]
-    if config["runs"]:
+        targets += [model_dir(r, t) for t in iterations(r)]
+        targets += [f"results/{r}/iter{t}/pairs_trl.parquet" for t in iterations(r)]
+        if held_out:
+            targets += [f"results/{r}/report/summary.csv"]
+            targets += [f"results/{eval_run(r, t)}/iter{t}/eval/alpaca_eval.json" for t in [0] + iterations(r)]
+    if config["runs"] and held_out:
         targets.append(f"results/{TOP}/compare/summary.csv")
+    if IS_GAME:  # rules/game.smk
+        targets += [f"results/{r}/report/game.csv" for r in RUNS]
+        targets += [f"results/{TOP}/compare/game.csv"] if config["runs"] else []
     return targets
 
 
@@ -285,3 +300,10 @@ def get_accelerate_config(wildcards):
         return None
     shipped = Path(workflow.basedir) / "config" / "accelerate" / f"{name}.yaml"
     return str(shipped if shipped.exists() else Path(name).resolve())
+
+
+def get_game_inputs(wildcards):
+    """Every checkpoint of a run (base first), the held-out prompts, and the base model's tokenizer
+    (the matrix_game scorer's action rule)."""
+    return {"models": [model_dir(wildcards.run, t) for t in [0] + iterations(wildcards.run)],
+            "prompts": f"{PROMPTS}/eval.parquet", "base": BASE_MODEL}

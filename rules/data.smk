@@ -22,7 +22,7 @@ rule prepare_model:
 rule split_prompts:
     """Held-out evaluation prompts and the training pool, cut into per-iteration parts."""
     input:
-        prompts=config["prompts"]["path"],
+        prompts=local_inputs(config["prompts"]["path"]),  # none for a hub id (read from the datasets cache)
     output:
         eval=f"{PROMPTS}/eval.parquet",
         pool=f"{PROMPTS}/pool.parquet",
@@ -51,7 +51,7 @@ if config["initial_data"]["path"]:
     rule import_initial:
         """Iteration 1 from an existing preference dataset: its samples and scores, per shard."""
         input:
-            data=config["initial_data"]["path"],
+            data=local_inputs(config["initial_data"]["path"]),
         output:
             samples="results/{run}/iter1/samples/shard{shard}.parquet",
             scores="results/{run}/iter1/scores/shard{shard}.parquet",

@@ -7,6 +7,8 @@
     default-bf16 WORK        one iteration of the embedded default, SmolLM2's shape with random weights, bf16
     sharded WORK             the trainer on one GPU: plain, FSDP2, ZeRO-2, ZeRO-3; weights compared
     perf WORK -- ARGS        benchmarks/perf.py on SmolLM2's shape with random weights
+    attention WORK           packed log-probs per layout and attention implementation in bf16 against one
+                             unpacked forward per sequence (flash-attention only where flash-attn imports)
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ STEP_MODULES = {
     "3-default-bf16": ["snakemake", "transformers", "vaderSentiment"],
     "4-sharded": ["accelerate", "deepspeed", "peft"],
     "5-perf": ["trl", "datasets", "transformers"],
+    "6-attention": ["transformers", "safetensors"],
 }
 STEP_FILES = ["Snakefile", "config/config.yaml", "config/accelerate/fsdp.yaml", "config/accelerate/zero2.yaml",
               "config/accelerate/zero3.yaml", "benchmarks/perf.py", "tests/conftest.py", "resources/prompts/default.jsonl"]
@@ -173,7 +176,7 @@ def tiny_dag(work: Path) -> None:
 
     model = build_tiny_model(work / "tiny-model")
     # one iteration runs every stage; a second adds no GPU code and would cost the budget's time
-    snakemake_on_gpu(work, tiny_config(model, iterations=1, training={"mixed_precision": "bf16"}))
+    snakemake_on_gpu(work, tiny_config(model, iterations=1))  # compute.dtype bf16_on_gpu: bf16 on the GPU
 
 
 def default_bf16(work: Path, shape: Path) -> None:
@@ -184,7 +187,7 @@ def default_bf16(work: Path, shape: Path) -> None:
     cfg["base_model"] = {"path": str(model)}
     cfg["iterations"] = 1
     cfg["prompts"]["path"] = str(REPO / cfg["prompts"]["path"])
-    cfg["training"]["mixed_precision"] = "bf16"
+    cfg["compute"] = {"dtype": "bfloat16"}
     snakemake_on_gpu(work, cfg)
 
 
@@ -228,6 +231,45 @@ def sharded(work: Path) -> None:
         sys.exit(f"failed or differing from the plain run: {failed}")
 
 
+def attention(work: Path, device: str = "cuda") -> None:
+    """Tree and flat packing under sdpa and eager (and flash_attention_2 flat where flash-attn imports),
+    bf16 on the GPU, against one unpacked sdpa forward per sequence: max |difference| per token."""
+    import numpy as np
+    import torch
+    from conftest import build_tiny_model
+    from test_packing import _encoded
+
+    from nashflow.logps import sequence_logps
+    from nashflow.models import load_model, load_tokenizer
+
+    path = build_tiny_model(work / "tiny")
+    tok = load_tokenizer(path)
+    enc = _encoded(tok)
+    plain = load_model(path, dtype=torch.bfloat16, device=device)
+    ref = []
+    with torch.no_grad():
+        for e in enc:
+            ids = torch.tensor([e.input_ids], device=device)
+            lp = plain(input_ids=ids).logits[0, :-1].float().log_softmax(-1)
+            ref.append(lp[torch.arange(len(e.input_ids) - 1), ids[0, 1:]][e.response_start - 1:].cpu().numpy())
+    impls = ["sdpa", "eager"] + (["flash_attention_2"] if importlib.util.find_spec("flash_attn") else [])
+    results = {}
+    for impl in impls:
+        model = load_model(path, dtype=torch.bfloat16, device=device, attn_implementation=impl)
+        for layout in (["flat"] if impl.startswith("flash") else ["tree", "flat"]):
+            _, _, toks = sequence_logps(model, enc, tok.pad_token_id, max_tokens=256, progress=False,
+                                        per_token=True, packing=layout)
+            worst = max(float(np.abs(np.asarray(t) - r).max()) for t, r in zip(toks, ref))
+            results[f"{impl}/{layout}"] = {"max_abs_token_logp_diff": worst, "ok": worst < 0.1}
+            print(impl, layout, results[f"{impl}/{layout}"], flush=True)
+    if "flash_attention_2" not in impls:
+        results["flash_attention_2"] = "skipped: flash-attn is not installed (not carried: too large)"
+    (work / "attention.json").write_text(json.dumps(results, indent=2) + "\n")
+    bad = [k for k, v in results.items() if isinstance(v, dict) and not v["ok"]]
+    if bad:
+        sys.exit(f"packed bf16 log-probs differ from the unpacked forward: {bad}")
+
+
 def perf(work: Path, shape: Path, args: list[str]) -> None:
     model = random_weights(shape, work / "smollm2-random")
     run([sys.executable, str(REPO / "benchmarks" / "perf.py"), "--model", str(model), *args])
@@ -236,7 +278,7 @@ def perf(work: Path, shape: Path, args: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("what", choices=["smollm2-shape", "dry", "environment", "tiny-dag", "default-bf16", "sharded",
-                                     "perf"])
+                                     "perf", "attention"])
     ap.add_argument("path", nargs="?", type=Path)
     ap.add_argument("--wheels", type=Path, default=REPO / "wheels" / "gpu-check")
     ap.add_argument("--max-mib", type=int, default=64)
@@ -257,6 +299,8 @@ def main(argv: list[str] | None = None) -> None:
         default_bf16(a.path, a.shape)
     elif a.what == "sharded":
         sharded(a.path)
+    elif a.what == "attention":
+        attention(a.path)
     else:
         perf(a.path, a.shape, rest)
 

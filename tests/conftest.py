@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -168,11 +169,24 @@ def write_config(workdir: Path, cfg: dict) -> Path:
     return path
 
 
+def _no_slurm_probe_path() -> str:
+    """PATH with a failing ``scontrol`` first. The SLURM executor plugin (installed with the slurm
+    extra) runs ``scontrol show config`` whenever Snakemake starts, with any executor; on a machine
+    with SLURM's client but no controller that waits 10 s. Runs that do not submit to SLURM skip it."""
+    stub = Path(tempfile.gettempdir()) / "nashflow-test-no-scontrol"
+    if not (stub / "scontrol").exists():
+        stub.mkdir(exist_ok=True)
+        (stub / "scontrol").write_text("#!/bin/sh\nexit 1\n")
+        (stub / "scontrol").chmod(0o755)
+    return f"{stub}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
 def snakemake(workdir: Path, *args: str, config: Path | None = None, timeout: int = 900,
               check: bool = True) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(config or workdir / "config.yaml"), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    env = None if "--profile" in args else {**os.environ, "PATH": _no_slurm_probe_path()}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
@@ -204,3 +218,38 @@ def slurm():
         pytest.skip(f"no SLURM here: {reason}")
     assert proc.returncode == 0, proc.stderr
     return True
+
+
+def dataset_folder(folder: Path, splits: dict[str, list[dict]], config: str = "default") -> Path:
+    """A dataset folder as on the Hub: one Parquet file per split under data/, and a README whose YAML
+    header declares the config and its splits (what `datasets.load_dataset(folder, config)` reads)."""
+    import pandas as pd
+
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    for split, rows in splits.items():
+        pd.DataFrame(rows).to_parquet(folder / "data" / f"{split}-00000-of-00001.parquet")
+    files = "".join(f"  - split: {s}\n    path: data/{s}-*\n" for s in splits)
+    (folder / "README.md").write_text(f"---\nconfigs:\n- config_name: {config}\n  data_files:\n{files}---\n")
+    return folder
+
+
+def cache_hub_dataset(cache: Path, repo_id: str, splits: dict[str, list[dict]], config: str = "default",
+                      commit: str = "c0ffee" + "0" * 34) -> Path:
+    """Put a dataset into a Hugging Face datasets cache as `datasets.load_dataset(repo_id, config)` leaves
+    it after a download (datasets 5.x layout `<org>___<name>/<config>/<version>/<commit>/` with the
+    Arrow files and dataset_info.json), so that it loads offline by its hub id. The Arrow files are
+    prepared by datasets itself from a local dataset folder of the same name; only the folder is renamed."""
+    import shutil
+    import tempfile
+
+    import datasets
+
+    org, name = repo_id.split("/")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = dataset_folder(Path(tmp) / name, splits, config)
+        builder = datasets.load_dataset_builder(str(src), name=config, cache_dir=str(Path(tmp) / "cache"))
+        builder.download_and_prepare()
+        dest = cache / f"{org}___{name}" / config / str(builder.config.version) / commit
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(builder.cache_dir, dest)
+    return dest

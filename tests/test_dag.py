@@ -33,8 +33,8 @@ def test_dry_run_three_iterations_two_shards(tmp_path, fake_model):
     out = snakemake(tmp_path, "-n", "--forceall").stdout
     assert job_counts(out) == {
         "prepare_model": 1, "split_prompts": 1, "generate": 6, "score": 6, "build_pairs": 3,
-        "logps": 6, "train": 3, "eval_generate": 4, "eval_metrics": 4, "export_answers": 4, "report": 1,
-        "all": 1, "total": 40,
+        "logps": 6, "train": 3, "eval_generate": 4, "eval_metrics": 4, "export_answers": 4, "export_pairs": 3,
+        "report": 1, "all": 1, "total": 43,
     }
     assert not (tmp_path / "results").exists()
 

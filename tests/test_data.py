@@ -83,13 +83,13 @@ def test_non_utf8(tmp_path):
 
 
 def test_offline_initial_data_both_layouts(tmp_path):
-    from nashflow.offline import initial_shard, load_initial
+    from nashflow.offline import InitialDataConfig, initial_shard, load_initial
     from nashflow.pairs import build_pairs
 
     p = tmp_path / "a.jsonl"
     p.write_text(json.dumps({"prompt": "q1", "responses": ["x", "y", "z"], "scores": [0.1, 0.9, -0.3]}) + "\n"
                  + json.dumps({"prompt": "q2", "responses": ["u", "v"], "scores": [1.0, 2.0]}) + "\n")
-    samples, scores = load_initial(str(p))
+    samples, scores, _ = load_initial(InitialDataConfig(path=str(p)))
     pairs = build_pairs(samples.drop(columns="position"), scores, "max_min")
     assert sorted(zip(pairs.chosen, pairs.rejected)) == [("v", "u"), ("y", "z")]
     s0, sc0 = initial_shard(samples, scores, 0, 2)
@@ -97,9 +97,9 @@ def test_offline_initial_data_both_layouts(tmp_path):
     assert set(s0.prompt_id).isdisjoint(s1.prompt_id) and len(s0) + len(s1) == 5 and len(sc0) == len(s0)
     c = tmp_path / "b.csv"
     pd.DataFrame({"prompt": ["q"], "chosen": ["good"], "rejected": ["bad"]}).to_csv(c, index=False)
-    samples, scores = load_initial(str(c))
+    samples, scores, _ = load_initial(InitialDataConfig(path=str(c)))
     assert samples.response.tolist() == ["good", "bad"] and scores.reward.tolist() == [1.0, 0.0]
     bad = tmp_path / "c.csv"
     pd.DataFrame({"prompt": ["q"], "text": ["x"]}).to_csv(bad, index=False)
     with pytest.raises(DataError, match="needs columns responses\\+scores or chosen\\+rejected"):
-        load_initial(str(bad))
+        load_initial(InitialDataConfig(path=str(bad)))

@@ -39,7 +39,7 @@ def test_deepspeed_configs_launch_deepspeed_on_any_number_of_gpus(name, gpus):
     assert args.num_processes == gpus and args.module and args.training_script == "nashflow.trainer"
     assert env["ACCELERATE_USE_DEEPSPEED"] == "true"
     assert env["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == name[-1]
-    assert env["ACCELERATE_MIXED_PRECISION"] == "bf16"  # the yaml's, as no training.mixed_precision was set
+    assert env["ACCELERATE_MIXED_PRECISION"] == "bf16"  # the yaml's when the caller gives none
     assert launched is None and args.nproc_per_node == str(gpus)  # torchrun in accelerate's process: no pdsh
     if name == "zero3":
         assert env["ACCELERATE_DEEPSPEED_ZERO3_INIT"] == "true"
@@ -67,9 +67,12 @@ def test_a_mixed_precision_the_user_set_wins_over_the_yaml(name):
     assert args.mixed_precision == "no" and env["ACCELERATE_MIXED_PRECISION"] == "no"
 
 
-def test_cpu_jobs_run_plain_fp32():
-    args, env, _ = what_accelerate_does(accelerate_command(0, "s.json", CONFIGS["zero3"], mixed_precision="bf16"))
+def test_cpu_jobs_run_fp32_unless_bf16_is_asked_for():
+    args, env, _ = what_accelerate_does(accelerate_command(0, "s.json", CONFIGS["zero3"]))
     assert args.cpu and not args.use_deepspeed and args.num_processes == 1 and args.mixed_precision == "no"
+    # compute.training_dtype resolved to bfloat16 on a CPU with fast bf16: autocast on the CPU
+    args, env, _ = what_accelerate_does(accelerate_command(0, "s.json", CONFIGS["zero3"], mixed_precision="bf16"))
+    assert args.cpu and args.mixed_precision == "bf16" and env["ACCELERATE_MIXED_PRECISION"] == "bf16"
     # several CPU processes (tests, CPU clusters) keep the config's distributed type, in fp32
     args, env, _ = what_accelerate_does(accelerate_command(0, "s.json", CONFIGS["zero3"], cpu_processes=2))
     assert args.use_deepspeed and args.num_processes == 2 and env["ACCELERATE_MIXED_PRECISION"] == "no"
@@ -123,4 +126,6 @@ def test_bad_distributed_settings_fail_before_any_job_with_one_line(tmp_path, mo
         _config(tmp_path, distributed="zero3", lora={"r": 4})
     mine = tmp_path / "mine.yaml"
     mine.write_text((REPO / "config" / "accelerate" / "zero2.yaml").read_text())
-    assert _config(tmp_path, distributed=str(mine), lora={"r": 4})["training"]["mixed_precision"] is None
+    assert _config(tmp_path, distributed=str(mine), lora={"r": 4})["compute"]["training_dtype"] is None
+    with pytest.raises(ConfigError, match=r"'training.mixed_precision' has moved: use compute.training_dtype"):
+        _config(tmp_path, mixed_precision="bf16")

@@ -14,6 +14,7 @@ from nashflow.logps import (
     can_pack,
     encode_pair_side,
     pack_rows,
+    packing_mode,
     prompt_groups,
     sequence_logps,
     split_groups,
@@ -102,14 +103,48 @@ def test_packed_mask_keeps_groups_and_branches_apart(tiny_model):
     assert (~m.triu(1)).all()  # causal
 
 
-def test_models_without_4d_masks_use_the_padded_path():
-    flash = types.SimpleNamespace(config=types.SimpleNamespace(_attn_implementation="flash_attention_2"))
-    assert not can_pack(flash)
+@pytest.mark.parametrize("attn,layout", [("eager", "tree"), ("sdpa", "flat"), ("eager", "flat")])
+def test_every_layout_and_attention_equals_one_plain_forward_per_sequence(tiny_model_dir, attn, layout):
+    """flat rows (flash-attention's layout: sequences separated by position ids restarting at 0, no
+    mask) and tree rows, under sdpa and eager, against one unpacked sdpa forward per sequence; with a
+    small token budget so that rows hold several sequences and batches several rows."""
+    from nashflow.models import load_model, load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    plain = load_model(tiny_model_dir)
+    model = load_model(tiny_model_dir, attn_implementation=attn)
+    assert model.config._attn_implementation == attn
+    enc = _encoded(tok)
+    for max_tokens in (64, 4096):
+        sums, _, toks = sequence_logps(model, enc, tok.pad_token_id, max_tokens=max_tokens, progress=False,
+                                       per_token=True, packing=layout)
+        for e, s, t in zip(enc, sums, toks):
+            ref = _plain_token_logps(plain, e)
+            np.testing.assert_allclose(t, ref, atol=1e-4, rtol=0)
+            assert s == pytest.approx(ref.sum(), abs=1e-4 * max(1, e.n_response))
+
+
+def test_flat_rows_have_no_mask_and_restart_positions(tiny_model):
+    _, tok = tiny_model
+    enc = _encoded(tok)[:3]
+    b = build_packed(enc, [[[0], [1], [2]]], tok.pad_token_id, flat=True)
+    assert b.attention_mask is None
+    starts = [0, len(enc[0].input_ids), len(enc[0].input_ids) + len(enc[1].input_ids)]
+    assert [b.position_ids[0, s].item() for s in starts] == [0, 0, 0]
+    assert b.position_ids[0, starts[1] - 1].item() == len(enc[0].input_ids) - 1
+
+
+def test_packing_mode_follows_the_attention_implementation():
+    model = lambda impl: types.SimpleNamespace(config=types.SimpleNamespace(_attn_implementation=impl),  # noqa: E731
+                                               get_output_embeddings=lambda: None)
+    assert packing_mode(model("sdpa")) == packing_mode(model("eager")) == "tree"
+    assert packing_mode(model("flash_attention_2")) == "flat"
+    assert packing_mode(model("flex_attention")) is None  # padded batches
     assert not can_pack(torch.nn.Linear(2, 2))  # not a causal LM: padded path
 
 
-@pytest.mark.parametrize("loss", ["dpo", "mle"])
-def test_trainer_packed_loss_and_gradients_equal_padded(tiny_model_dir, monkeypatch, loss):
+@pytest.mark.parametrize("loss,layout", [("dpo", "tree"), ("mle", "tree"), ("dpo", "flat")])
+def test_trainer_packed_loss_and_gradients_equal_padded(tiny_model_dir, monkeypatch, loss, layout):
     from nashflow import trainer as T
     from nashflow.losses import get_loss
     from nashflow.models import load_model, load_tokenizer
@@ -123,8 +158,8 @@ def test_trainer_packed_loss_and_gradients_equal_padded(tiny_model_dir, monkeypa
     data = PairBatches(pd.DataFrame(rows), tok, TrainConfig(max_length=48, max_prompt_length=24),
                        LossConfig(name=loss), n_history=0)
     results = []
-    for packed in (True, False):
-        monkeypatch.setattr(T, "can_pack", lambda m, packed=packed: packed)
+    for mode in (layout, None):
+        monkeypatch.setattr(T, "packing_mode", lambda m, mode=mode: mode)
         model = load_model(tiny_model_dir, eval_mode=False)
         losses, kw, n_tok = data.loss(model, [0, 1, 2, 3, 4], get_loss(loss), "cpu")
         losses.mean().backward()

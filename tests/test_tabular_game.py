@@ -15,35 +15,13 @@ so η must be large enough for the iteration to be stable (here η = 0.5, step 2
 import numpy as np
 import pytest
 import torch
-from scipy.optimize import linprog
 
+from nashflow.game import nash_equilibrium, regularised_equilibrium, tv
 from nashflow.losses import LOSSES
 
 P = np.array([[0.5, 0.9, 0.2], [0.1, 0.5, 0.7], [0.8, 0.3, 0.5]])  # 0 ≻ 1 ≻ 2 ≻ 0
 K = 3
 ETA, RHO, U, ROUNDS = 0.5, 0.5, 10, 200
-
-
-def nash_equilibrium(P: np.ndarray) -> np.ndarray:
-    """max_x min_j (Aᵀx)_j with A = P − ½ (a symmetric zero-sum game, value 0)."""
-    A = P - 0.5
-    res = linprog(c=[0] * K + [-1], A_ub=np.hstack([-A.T, np.ones((K, 1))]), b_ub=np.zeros(K),
-                  A_eq=[[1] * K + [0]], b_eq=[1], bounds=[(0, 1)] * K + [(None, None)])
-    assert res.success
-    return res.x[:K]
-
-
-def kl_regularised_equilibrium(mu: np.ndarray, tau: float) -> np.ndarray:
-    pi = mu.copy()
-    for _ in range(20000):
-        logits = np.log(mu) + P @ pi / tau
-        new = np.exp(logits - logits.max())
-        pi = 0.99 * pi + 0.01 * new / new.sum()
-    return pi
-
-
-def tv(a, b) -> float:
-    return 0.5 * float(np.abs(np.asarray(a) - np.asarray(b)).sum())
 
 
 W, L = zip(*[(i, j) for i in range(K) for j in range(K) if i != j])  # winner i, loser j
@@ -100,7 +78,7 @@ def test_comal_reaches_nash_and_inpo_the_regularised_equilibrium():
     assert ne == pytest.approx([2 / 9, 1 / 3, 4 / 9], abs=1e-6)  # interior: no Condorcet winner
     comal = play(anchor_every=U)
     inpo = play(anchor_every=None)
-    reg = kl_regularised_equilibrium(np.full(K, 1 / K), tau=RHO * ETA)
+    reg = regularised_equilibrium(P, np.full(K, 1 / K), tau=RHO * ETA)
     assert tv(comal, ne) < 0.01, (comal, ne)
     assert tv(inpo, reg) < 1e-3, (inpo, reg)
     assert tv(inpo, ne) > 0.05, (inpo, ne)

@@ -29,6 +29,7 @@ from nashflow.errors import ConfigError, DataError
 from nashflow.scorers.base import BASE_MODEL_ALIAS, PreferenceResult, Scorer
 from nashflow.scorers.gpm import GPMScorer
 from nashflow.scorers.judge import JudgeScorer
+from nashflow.scorers.matrix_game import MatrixGameScorer
 from nashflow.scorers.pairrm import PairRMScorer
 from nashflow.scorers.programmatic import LengthScorer, PythonScorer, RegexScorer, SentimentScorer
 from nashflow.scorers.reward_model import RewardModelScorer
@@ -44,9 +45,10 @@ SCORERS: dict[str, type] = {
     "judge": JudgeScorer,
     "gpm": GPMScorer,
     "pairrm": PairRMScorer,
+    "matrix_game": MatrixGameScorer,
 }
 #: keywords the composite passes to model-backed scorers itself
-INJECTED = ("base_model_dir", "component")
+INJECTED = ("base_model_dir", "component", "compute")
 
 
 @dataclass(frozen=True)
@@ -162,13 +164,16 @@ def _check_matrix(P: np.ndarray, k: int, where: str) -> None:
 class CompositeScorer:
     """Loads every component once; ``score_table`` scores a whole samples table in batches."""
 
-    def __init__(self, cfg: ScorerConfig, base_model_dir: str | None = None):
+    def __init__(self, cfg: ScorerConfig, base_model_dir: str | None = None, compute: dict | None = None):
+        """``compute``: the scoring stage's settings (:func:`nashflow.precision.stage_compute`) for
+        model-backed components."""
         self.cfg = cfg
         self.parts: list[tuple[ComponentConfig, Scorer]] = []
         for c in cfg.components:
             cls = SCORERS[c.type]
             params = inspect.signature(cls.__init__).parameters
-            extra = {k: v for k, v in (("base_model_dir", base_model_dir), ("component", c.label)) if k in params}
+            extra = {k: v for k, v in (("base_model_dir", base_model_dir), ("component", c.label),
+                                       ("compute", compute)) if k in params}
             self.parts.append((c, cls(**c.args, **extra)))
 
     @property

@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from nashflow.errors import ConfigError, DataError
+from nashflow.messages import last_user_text  # noqa: F401  (scorers import it from here)
 
 BASE_MODEL_ALIAS = "base"
 
@@ -129,15 +130,25 @@ def render_conversation(tok, messages: list[dict], response: str) -> str:
         raise
 
 
-def last_user_text(messages: list[dict]) -> str:
-    users = [m["content"] for m in messages if m["role"] == "user"]
-    return users[-1] if users else ""
+def load_scorer_model(auto_class, path: str, *, dtype: str | None, compute: dict | None, device: str | None,
+                      trust_remote_code: bool):
+    """A scorer's model and the device its inputs go to, with the scoring stage's ``compute``
+    settings (dtype, attention, placement on the job's GPUs: :func:`nashflow.models.load_for_stage`);
+    the component's own ``dtype`` wins. An explicit ``device`` puts the whole model there."""
+    from nashflow.models import load_for_stage, load_model
+    from nashflow.precision import DEFAULT_COMPUTE, attention_for, resolve, torch_dtype
+    from nashflow.torchutil import input_device
 
-
-def torch_dtype(name: str):
-    import torch
-
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    settings = dict(compute or DEFAULT_COMPUTE)
+    if dtype:
+        settings["dtype"] = dtype
+    if device:
+        model = load_model(path, dtype=torch_dtype(resolve(settings["dtype"], device)), device=device,
+                           attn_implementation=attention_for(settings["attn_implementation"], device),
+                           trust_remote_code=trust_remote_code, auto_class=auto_class)
+    else:
+        model, _ = load_for_stage(path, settings, trust_remote_code=trust_remote_code, auto_class=auto_class)
+    return model, input_device(model)
 
 
 def scorer_device(device: str | None) -> str:

@@ -30,11 +30,10 @@ from nashflow.scorers.base import (
     Scorer,
     check_chat_template,
     check_model_dir,
+    load_scorer_model,
     load_scorer_tokenizer,
     render_conversation,
     resolve_model_path,
-    scorer_device,
-    torch_dtype,
 )
 from nashflow.torchutil import inference_mode
 
@@ -72,8 +71,9 @@ class GPMScorer(Scorer):
     kind = "preference"
 
     def __init__(self, model: str, *, tau: float = 0.1, batch_size: int = 16, max_tokens: int = 16384,
-                 max_length: int = 4096, dtype: str = "float32", device: str | None = None,
-                 trust_remote_code: bool = False, base_model_dir: str | None = None, component: str = "gpm"):
+                 max_length: int = 4096, dtype: str | None = None, device: str | None = None,
+                 trust_remote_code: bool = False, base_model_dir: str | None = None, component: str = "gpm",
+                 compute: dict | None = None):
         if tau <= 0:
             raise DataError(f"scorer '{component}': tau must be > 0")
         self.component, self.tau = component, float(tau)
@@ -85,10 +85,8 @@ class GPMScorer(Scorer):
         check_chat_template(self.tok, component, self.path)
         from transformers import AutoModel
 
-        self.device = scorer_device(device)
-        dt = torch_dtype(dtype)
-        self.backbone = AutoModel.from_pretrained(self.path, dtype=dt, use_safetensors=True,
-                                                  trust_remote_code=trust_remote_code).to(self.device).eval()
+        self.backbone, self.device = load_scorer_model(AutoModel, self.path, dtype=dtype, compute=compute,
+                                                       device=device, trust_remote_code=trust_remote_code)
         heads = _find_heads(Path(self.path))
         self.value_head = heads["value_head.weight"].to(self.device, torch.float32)
         self.prompt_head = heads.get("prompt_head.weight")
@@ -111,7 +109,7 @@ class GPMScorer(Scorer):
                 ids[row, : lens[row]] = torch.tensor(seqs[i])
                 attn[row, : lens[row]] = 1
             h = self.backbone(input_ids=ids.to(self.device), attention_mask=attn.to(self.device)).last_hidden_state
-            out[idx] = h[torch.arange(len(idx)), (lens - 1).to(self.device)].float()
+            out[idx] = h[torch.arange(len(idx), device=h.device), (lens - 1).to(h.device)].float().to(self.device)
         return out
 
     def _encode(self, messages: list[dict], response: str) -> list[int]:

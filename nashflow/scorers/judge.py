@@ -35,10 +35,9 @@ from nashflow.scorers.base import (
     check_chat_template,
     check_model_dir,
     last_user_text,
+    load_scorer_model,
     load_scorer_tokenizer,
     resolve_model_path,
-    scorer_device,
-    torch_dtype,
 )
 from nashflow.torchutil import inference_mode
 
@@ -79,9 +78,9 @@ class JudgeScorer(Scorer):
 
     def __init__(self, model: str = "base", *, template: str | None = None, answer_prefix: str = "Output (",
                  labels: tuple[str, str] = ("a", "b"), top_logprobs: int | None = 4, max_output_tokens: int = 512,
-                 batch_size: int = 16, max_tokens: int = 16384, prefix_cache: bool = True, dtype: str = "float32",
+                 batch_size: int = 16, max_tokens: int = 16384, prefix_cache: bool = True, dtype: str | None = None,
                  device: str | None = None, trust_remote_code: bool = False, base_model_dir: str | None = None,
-                 component: str = "judge"):
+                 component: str = "judge", compute: dict | None = None):
         self.validate_args(template=template, labels=labels, top_logprobs=top_logprobs)
         self.template = load_template(template)
         self.component, self.answer_prefix, self.labels = component, answer_prefix, tuple(labels)
@@ -94,10 +93,8 @@ class JudgeScorer(Scorer):
         check_chat_template(self.tok, component, self.path)
         from transformers import AutoModelForCausalLM
 
-        self.device = scorer_device(device)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            self.path, dtype=torch_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code,
-        ).to(self.device).eval()
+        self.model, self.device = load_scorer_model(AutoModelForCausalLM, self.path, dtype=dtype, compute=compute,
+                                                    device=device, trust_remote_code=trust_remote_code)
         self.fallbacks: Counter = Counter()
         self.tokens_read = 0  # context tokens forwarded (throughput reports)
         # Start-up check: the two labels must be distinct next tokens after the answer prefix.
@@ -160,7 +157,8 @@ class JudgeScorer(Scorer):
             ids, attn = ids.to(self.device), attn.to(self.device)
             rows, last = torch.arange(len(idx), device=self.device), (lens - 1).to(self.device)
             if split is None:
-                yield idx, self.model(input_ids=ids, attention_mask=attn).logits[rows, last]
+                logits = self.model(input_ids=ids, attention_mask=attn).logits  # on the last GPU of a split model
+                yield idx, logits[rows.to(logits.device), last.to(logits.device)]
                 continue
             body, head = split
             kw = {}
@@ -171,7 +169,7 @@ class JudgeScorer(Scorer):
                       "position_ids": (common + torch.arange(ids.shape[1], device=self.device)).expand_as(ids)}
                 attn = torch.cat([torch.ones((len(idx), common), dtype=attn.dtype, device=self.device), attn], 1)
             hidden = body(input_ids=ids, attention_mask=attn, **kw).last_hidden_state
-            yield idx, head(hidden[rows, last])
+            yield idx, head(hidden[rows.to(hidden.device), last.to(hidden.device)])
 
     @inference_mode
     def first_wins(self, queries: Sequence[tuple[str, str, str]], progress: bool = False) -> np.ndarray:

@@ -24,11 +24,10 @@ from nashflow.scorers.base import (
     check_chat_template,
     check_model_dir,
     last_user_text,
+    load_scorer_model,
     load_scorer_tokenizer,
     render_conversation,
     resolve_model_path,
-    scorer_device,
-    torch_dtype,
 )
 from nashflow.torchutil import inference_mode
 
@@ -43,8 +42,9 @@ class RewardModelScorer(Scorer):
 
     def __init__(self, model: str, *, input_format: str = "chat", head: int = 0,
                  heads: list[str] | dict[str, int] | None = None, output: str = "auto", batch_size: int = 16,
-                 max_tokens: int = 16384, max_length: int = 4096, dtype: str = "float32", device: str | None = None,
-                 trust_remote_code: bool = False, base_model_dir: str | None = None, component: str = "reward_model"):
+                 max_tokens: int = 16384, max_length: int = 4096, dtype: str | None = None, device: str | None = None,
+                 trust_remote_code: bool = False, base_model_dir: str | None = None, component: str = "reward_model",
+                 compute: dict | None = None):
         self.validate_args(input_format=input_format, output=output, heads=heads)
         self.component = component
         self.path = resolve_model_path(model, base_model_dir, component)
@@ -63,10 +63,9 @@ class RewardModelScorer(Scorer):
             check_chat_template(self.tok, component, self.path)
         from transformers import AutoModelForSequenceClassification
 
-        self.device = scorer_device(device)
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            self.path, dtype=torch_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code,
-        ).to(self.device).eval()
+        self.model, self.device = load_scorer_model(AutoModelForSequenceClassification, self.path, dtype=dtype,
+                                                    compute=compute, device=device,
+                                                    trust_remote_code=trust_remote_code)
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tok.pad_token_id
         n_out = int(getattr(self.model.config, "num_labels", 1))
