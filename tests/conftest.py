@@ -126,6 +126,18 @@ def build_tiny_gpm(out: Path, seed: int = 3, k: int = 2, prompt_head: bool = Tru
     return out
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """accelerate keeps one state per process: an Accelerator made in one test (TRL's DPOTrainer picks
+    bf16 mixed precision on a CPU with fast bf16) would hand its settings to the next test's trainer.
+    Jobs never share a process, so only the tests need this."""
+    yield
+    if "accelerate.state" in sys.modules:
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
