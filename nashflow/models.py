@@ -157,20 +157,22 @@ def load_model(path: str | os.PathLike, *, dtype: torch.dtype | None = None, dev
     return model
 
 
-def load_for_stage(path: str | os.PathLike, settings: dict, *, trust_remote_code: bool = False, auto_class=None):
+def load_for_stage(path: str | os.PathLike, settings: dict, *, trust_remote_code: bool = False, auto_class=None,
+                   device: str | None = None):
     """A model for a forward-only job (sampling, scoring, log-probs) with the stage's ``compute``
     settings (:func:`nashflow.precision.stage_compute`): its dtype, attention implementation and
-    placement on the job's GPUs (:func:`nashflow.placement.placement_for`).
+    placement on the job's GPUs (:func:`nashflow.placement.placement_for`); an explicit ``device``
+    holds the whole model instead.
 
     Returns the model and what was chosen (``dtype``, ``attn_implementation``, ``device_map``), for
     the output's provenance."""
-    from nashflow.placement import placement_for
+    from nashflow.placement import Placement, placement_for
     from nashflow.precision import attention_for, resolve, torch_dtype
 
-    device = default_device()
-    dtype = resolve(settings["dtype"], device)
-    attn = attention_for(settings["attn_implementation"], device)
-    place = placement_for(path, dtype, settings["memory_headroom"])
+    target = device or default_device()
+    dtype = resolve(settings["dtype"], target)
+    attn = attention_for(settings["attn_implementation"], target)
+    place = Placement(device) if device else placement_for(path, dtype, settings["memory_headroom"])
     model = load_model(path, dtype=torch_dtype(dtype), device=place.device, attn_implementation=attn,
                        trust_remote_code=trust_remote_code, auto_class=auto_class, **place.load_kwargs())
     chosen = {"dtype": dtype, "attn_implementation": attn, "device_map": place.device_map or place.device}

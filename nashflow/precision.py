@@ -47,12 +47,9 @@ def stage_setting(compute: dict, stage: str) -> str:
 def stage_compute(cfg: dict, stage: str) -> dict:
     """Everything about ``compute`` that a job of ``stage`` reads: its re-run trigger and its settings."""
     c = cfg["compute"]
-    out = {"dtype": stage_setting(c, stage), "attn_implementation": c["attn_implementation"],
-           "memory_headroom": c["memory_headroom"]}
-    if stage == "training":
-        out = {"dtype": out["dtype"], "attn_implementation": out["attn_implementation"],
-               "checkpoint_dtype": c["checkpoint_dtype"]}
-    return out
+    # training shards with ZeRO/FSDP, not by the headroom rule; only it stores checkpoints
+    extra = "checkpoint_dtype" if stage == "training" else "memory_headroom"
+    return {"dtype": stage_setting(c, stage), "attn_implementation": c["attn_implementation"], extra: c[extra]}
 
 
 @lru_cache(maxsize=None)

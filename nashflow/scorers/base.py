@@ -135,19 +135,15 @@ def load_scorer_model(auto_class, path: str, *, dtype: str | None, compute: dict
     """A scorer's model and the device its inputs go to, with the scoring stage's ``compute``
     settings (dtype, attention, placement on the job's GPUs: :func:`nashflow.models.load_for_stage`);
     the component's own ``dtype`` wins. An explicit ``device`` puts the whole model there."""
-    from nashflow.models import load_for_stage, load_model
-    from nashflow.precision import DEFAULT_COMPUTE, attention_for, resolve, torch_dtype
+    from nashflow.models import load_for_stage
+    from nashflow.precision import DEFAULT_COMPUTE
     from nashflow.torchutil import input_device
 
     settings = dict(compute or DEFAULT_COMPUTE)
     if dtype:
         settings["dtype"] = dtype
-    if device:
-        model = load_model(path, dtype=torch_dtype(resolve(settings["dtype"], device)), device=device,
-                           attn_implementation=attention_for(settings["attn_implementation"], device),
-                           trust_remote_code=trust_remote_code, auto_class=auto_class)
-    else:
-        model, _ = load_for_stage(path, settings, trust_remote_code=trust_remote_code, auto_class=auto_class)
+    model, _ = load_for_stage(path, settings, trust_remote_code=trust_remote_code, auto_class=auto_class,
+                              device=device)
     return model, input_device(model)
 
 
