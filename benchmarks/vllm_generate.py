@@ -85,7 +85,7 @@ def main(argv=None) -> None:
     ap.add_argument("--prompts", type=int, default=48)
     ap.add_argument("--k", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=40)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "vllm-cpu.json"))
     args = ap.parse_args(argv)

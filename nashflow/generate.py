@@ -1,8 +1,8 @@
 """Sampling responses with the transformers backend.
 
-Rows (prompt x sample index) are sorted by prompt length and generated in batches, so that
-left padding is minimal and the K copies of one prompt share a batch. Each batch is seeded
-from (seed, batch number): a re-run with the same config gives the same samples.
+Prompts are sorted by length and decoded in batches, so that left padding is minimal; the K
+samples of a prompt come from one prefill of it (``nashflow.decode``). Each batch is seeded from
+(seed, batch number): a re-run with the same config gives the same samples.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import torch
 from tqdm.auto import tqdm
 
 from nashflow.errors import DataError
-from nashflow.sampling import NucleusFilter
+from nashflow.sampling import Sampler
 from nashflow.seeding import derive_seed
-from nashflow.torchutil import inference_mode, input_device
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +97,6 @@ def finish_sample(tokenizer, new_ids, stop: set[int]) -> tuple[list[int], str, s
     return toks, tokenizer.decode(toks, skip_special_tokens=True).strip(), finish
 
 
-@inference_mode
 def generate_samples(model, tokenizer, prompts: pd.DataFrame, cfg: SamplingConfig, *, seed: int,
                      generator: str, progress: bool = True, mixture_ref=None, mixture_coef: float = 0.5,
                      sample_offset: int = 0) -> pd.DataFrame:
@@ -108,53 +106,40 @@ def generate_samples(model, tokenizer, prompts: pd.DataFrame, cfg: SamplingConfi
     (see docs/data-contracts.md): one row per (prompt_id, sample_index). With ``mixture_ref``
     the samples come from Nash-MD's geometric mixture of ``model`` and ``mixture_ref``
     (``sampler`` = ``mixture``); sample indices start at ``sample_offset``.
-    """
-    from transformers import LogitsProcessorList
 
-    device = input_device(model)
+    Prompts are sorted by length (longest first: memory peaks early, fails fast) and decoded
+    ``batch_size // K`` prompts (at least one) at a time, each prompt's K samples from one prefill
+    (:func:`nashflow.decode.sample_tokens`); batch b is seeded with ``derive_seed(seed, b)``.
+    """
+    from nashflow.decode import sample_tokens
+
     context = getattr(model.config, "max_position_embeddings", None)
     encoded = encode_prompts(tokenizer, prompts, cfg, context)
-    rows = [(len(ids), i, k) for i, (_, _, ids) in enumerate(encoded) for k in range(cfg.samples_per_prompt)]
-    rows.sort(key=lambda r: (-r[0], r[1], r[2]))  # longest first: memory peaks early, fails fast
+    k = cfg.samples_per_prompt
+    order = sorted(range(len(encoded)), key=lambda i: (-len(encoded[i][2]), i))
     stop = _stop_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stop))
-    do_sample = cfg.temperature > 0
+    sampler = Sampler(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
+    per_batch = max(1, cfg.batch_size // k)
     out_rows = []
-    batches = [rows[i:i + cfg.batch_size] for i in range(0, len(rows), cfg.batch_size)]
-    bar = tqdm(total=len(rows), desc="generate", unit="sample", disable=not progress, mininterval=5)
-    for b, batch in enumerate(batches):
-        width = max(r[0] for r in batch)
-        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        attn = torch.zeros((len(batch), width), dtype=torch.long)
-        for j, (n, i, _) in enumerate(batch):
-            input_ids[j, width - n:] = torch.tensor(encoded[i][2])
-            attn[j, width - n:] = 1
+    bar = tqdm(total=len(encoded) * k, desc="generate", unit="sample", disable=not progress, mininterval=5)
+    for b, start in enumerate(range(0, len(order), per_batch)):
+        batch = order[start:start + per_batch]
         batch_seed = derive_seed(seed, b)
         torch.manual_seed(batch_seed)
-        gen_kwargs = dict(max_new_tokens=cfg.max_new_tokens, do_sample=do_sample, pad_token_id=pad_id,
-                          eos_token_id=sorted(stop))
-        if do_sample:  # our filter, not transformers' warpers: its top-p sorts the vocabulary at every step
-            gen_kwargs.update(temperature=1.0, top_p=1.0, top_k=0, logits_processor=LogitsProcessorList(
-                [NucleusFilter(temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)]))
-        if mixture_ref is None:
-            out = model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device), **gen_kwargs)
-            new = out[:, width:].cpu().tolist()
-        else:
-            from nashflow.mixture import generate_mixture
-
-            new = generate_mixture(model, mixture_ref, input_ids.to(device), attn.to(device), alpha=mixture_coef,
-                                   max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                                   top_k=cfg.top_k, stop_ids=stop, pad_id=pad_id).cpu().tolist()
-        for j, (n, i, k) in enumerate(batch):
-            toks, text, finish = finish_sample(tokenizer, new[j], stop)
+        new = sample_tokens(model, [encoded[i][2] for i in batch], samples_per_prompt=k,
+                            max_new_tokens=cfg.max_new_tokens, stop_ids=stop, pad_id=pad_id, sampler=sampler,
+                            ref=mixture_ref, mixture_coef=mixture_coef).cpu().tolist()
+        for row, (i, j) in enumerate((i, j) for i in batch for j in range(k)):
+            toks, text, finish = finish_sample(tokenizer, new[row], stop)
             pid, msgs, ids = encoded[i]
             out_rows.append({
-                "prompt_id": pid, "messages": msgs, "sample_index": k + sample_offset, "response": text,
-                "token_count": len(toks), "prompt_tokens": n, "finish_reason": finish,
+                "prompt_id": pid, "messages": msgs, "sample_index": j + sample_offset, "response": text,
+                "token_count": len(toks), "prompt_tokens": len(ids), "finish_reason": finish,
                 "seed": batch_seed, "generator": generator,
                 "sampler": "policy" if mixture_ref is None else "mixture",
             })
-        bar.update(len(batch))
+        bar.update(len(batch) * k)
     bar.close()
     df = pd.DataFrame(out_rows)
     if len(df):

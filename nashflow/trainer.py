@@ -670,7 +670,6 @@ def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_di
 def main(argv: list[str] | None = None) -> None:
     """Entry point for ``accelerate launch -m nashflow.trainer --spec spec.json``."""
     import argparse
-    import json
 
     from nashflow.logutil import job_logging
 
@@ -680,14 +679,21 @@ def main(argv: list[str] | None = None) -> None:
     from nashflow.launch import die_with_parent
 
     die_with_parent()  # accelerate's launcher is our parent; it dies with the job (see launch.py)
-    spec = json.loads(Path(args.spec).read_text())
+    with job_logging(None):
+        run_spec(args.spec)
+
+
+def run_spec(spec_path: str) -> None:
+    """``train()`` with the arguments of a spec file (written by ``nashflow.stages.train``)."""
+    import json
+
+    spec = json.loads(Path(spec_path).read_text())
     threads = spec.pop("threads", None)
     if threads:
         torch.set_num_threads(int(threads))
-    with job_logging(None):
-        t = spec.pop("train")
-        t["report_to"] = tuple(t.get("report_to", ()))
-        train(train_cfg=TrainConfig(**t), loss_cfg=LossConfig(**spec.pop("loss")), **spec)
+    t = spec.pop("train")
+    t["report_to"] = tuple(t.get("report_to", ()))
+    train(train_cfg=TrainConfig(**t), loss_cfg=LossConfig(**spec.pop("loss")), **spec)
 
 
 if __name__ == "__main__":

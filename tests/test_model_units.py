@@ -43,6 +43,45 @@ def test_greedy_generation_ignores_batching(tiny_model):
     assert one.response.tolist() == many.response.tolist()
 
 
+def test_decoding_loop_is_generate_when_greedy(peaked_models):
+    """One prefill per prompt, its cache repeated K times into reserved layers: greedy tokens equal
+    transformers' ``generate`` on K left-padded copies of each prompt."""
+    from nashflow.decode import sample_tokens
+    from nashflow.generate import stop_ids
+    from nashflow.sampling import Sampler
+
+    model, _, tok = peaked_models
+    prompts = [encode_prompt(tok, list(m)) for m in PROMPTS.messages]
+    k, n, stop = 2, 10, stop_ids(tok, model.generation_config)
+    ours = sample_tokens(model, prompts, samples_per_prompt=k, max_new_tokens=n, stop_ids=stop,
+                         pad_id=tok.pad_token_id, sampler=Sampler(temperature=0))
+    width = max(map(len, prompts))
+    rows = [p for p in prompts for _ in range(k)]
+    ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in rows])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rows])
+    theirs = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
+                            pad_token_id=tok.pad_token_id, eos_token_id=sorted(stop))[:, width:]
+    assert ours.tolist() == theirs.tolist()
+    assert len({tuple(r) for r in ours.tolist()}) == len(prompts)  # the prompts' continuations differ
+
+
+def test_decoding_loop_samples_are_seeded_and_rows_independent(tiny_model):
+    from nashflow.decode import sample_tokens
+    from nashflow.generate import stop_ids
+    from nashflow.sampling import Sampler
+
+    model, tok = tiny_model
+    prompts = [encode_prompt(tok, list(m)) for m in PROMPTS.messages]
+    kw = dict(samples_per_prompt=4, max_new_tokens=10, stop_ids=stop_ids(tok, model.generation_config),
+              pad_id=tok.pad_token_id, sampler=Sampler(temperature=1.0, top_p=0.9))
+    torch.manual_seed(5)
+    a = sample_tokens(model, prompts, **kw)
+    torch.manual_seed(5)
+    b = sample_tokens(model, prompts, **kw)
+    assert a.shape == (12, 10) and a.tolist() == b.tolist()
+    assert len({tuple(r) for r in a.tolist()}) == 12  # every sample of every prompt is its own draw
+
+
 def _encoded(tok):
     texts = ["happy day", "a much longer response with many words in it to score", "no"]
     return [encode_pair_side(tok, list(m), r, finished=i % 2 == 0, max_length=64, max_prompt_length=32)
@@ -177,7 +216,7 @@ def test_tables_are_atomic_and_carry_provenance(tmp_path):
 
 
 def test_mixture_logprobs_worked_example():
-    from nashflow.mixture import mixture_logprobs
+    from nashflow.decode import mixture_logprobs
 
     out = mixture_logprobs(torch.tensor([2.0, 1.0, 0.0]), torch.tensor([0.0, 0.5, 1.0]), 0.5).exp()
     assert out.tolist() == pytest.approx([0.419229, 0.326496, 0.254275], rel=1e-5)
