@@ -12,7 +12,7 @@ Sections (``--sections``, default all):
 - ``generate``: the default iteration's sampling workload (48 default prompts x K = 4, 40 new
   tokens, temperature 0.8, top-p 0.95, 64 rows per batch): the transformers backend
   (``nashflow.generate.generate_samples``) vs the batched ``model.generate`` loop it replaced
-  (same seeds, same filter), the backend with bf16 weights (CPU), and vLLM's CPU build in its
+  (same batches, seeds and filter), the backend with bf16 weights (CPU), and vLLM's CPU build in its
   own environment when ``.venv-vllm`` exists (steady state, and with its engine start counted);
   generated tokens (up to the stop id) per second.
 - ``orchestration``: wall time of ``snakemake -n`` for 10 iterations x 8 shards; per-job overhead
@@ -405,8 +405,8 @@ def vllm_generate(args, model_dir: Path, *, n_prompts: int, k: int, max_new_toke
 def bench_generate(args, model_dir: Path, *, n_prompts: int, k: int, max_new_tokens: int, batch_size: int,
                    repeats: int) -> dict:
     """The default iteration's sampling workload (the default prompts, K samples, temperature 0.8,
-    top-p 0.95): ``generate_samples`` vs the batched ``generate`` it replaced (same seeds: whether
-    both drew the same number of tokens is recorded), in fp32 and, on a CPU, bf16 weights; and vLLM."""
+    top-p 0.95): ``generate_samples`` vs the batched ``generate`` it replaced (same batches and
+    seeds; the draws differ, see nashflow/sampling.py), in fp32 and, on a CPU, bf16 weights; and vLLM."""
     import torch
     from vllm_generate import workload
 
@@ -421,7 +421,6 @@ def bench_generate(args, model_dir: Path, *, n_prompts: int, k: int, max_new_tok
     cfg = replace(cfg, backend="transformers", vllm={})
     generate_samples(model, tok, prompts.head(2), cfg, seed=0, generator="warm-up", progress=False)
     runs = {"nashflow": [], "generate_batched": []}
-    same = []
     for rep in range(repeats):
         sync(args.device)
         t0 = time.perf_counter()
@@ -432,10 +431,7 @@ def bench_generate(args, model_dir: Path, *, n_prompts: int, k: int, max_new_tok
         counts = generate_rows_batched(model, tok, prompts, cfg, seed=rep)
         sync(args.device)
         runs["generate_batched"].append((sum(counts), time.perf_counter() - t0))
-        # rows in the batched order are prompt-major within equal lengths: compare the sorted counts
-        same.append(sorted(df.token_count.tolist()) == sorted(counts))
-    out = {"prompts": len(prompts), "k": k, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
-           "same_token_counts_as_generate": same}
+    out = {"prompts": len(prompts), "k": k, "max_new_tokens": max_new_tokens, "batch_size": batch_size}
     for name, rs in runs.items():
         out[f"{name}_tokens"] = [n for n, _ in rs]
         out[f"{name}_seconds"] = [t for _, t in rs]
@@ -490,6 +486,30 @@ def stage_breakdown(logs: Path) -> dict:
     for d in out.values():
         d["share"] = d["seconds"] / total
     return out
+
+
+def job_overhead(logs: Path) -> dict:
+    """Per stage of a run's jobs (all iterations): jobs, and medians of the wall time (``benchmark:``
+    file), the fixed cost before the job's body starts (``job start-up`` in its log: interpreter,
+    Snakemake's script preamble, imports) and the body."""
+    import re
+
+    found: dict[str, dict[str, list[float]]] = {}
+    for log_file in sorted(logs.rglob("*.log")):
+        text = log_file.read_text(errors="replace")
+        start, body = re.search(r"job start-up ([\d.]+) s", text), re.search(r"job body ([\d.]+) s", text)
+        bench = log_file.with_name(log_file.name[:-4] + ".benchmark.tsv")
+        if not (start and body and bench.exists()):
+            continue
+        parts = [p for p in log_file.relative_to(logs).with_suffix("").parts if not re.fullmatch(r"iter\d+", p)]
+        stage = parts[0] if parts[0] in ("generate", "score", "logps") else "/".join(parts)
+        d = found.setdefault(stage, {"seconds": [], "startup": [], "body": []})
+        d["seconds"].append(float(next(csv.DictReader(open(bench), delimiter="\t"))["s"]))
+        d["startup"].append(float(start.group(1)))
+        d["body"].append(float(body.group(1)))
+    return {stage: {"jobs": len(d["seconds"]), "seconds_median": median(d["seconds"]),
+                    "startup_seconds_median": median(d["startup"]), "body_seconds_median": median(d["body"])}
+            for stage, d in found.items()}
 
 
 def bench_orchestration(args, work: Path, repeats: int) -> dict:
@@ -547,6 +567,7 @@ def bench_orchestration(args, work: Path, repeats: int) -> dict:
            "split_prompts_job_seconds": split, "split_prompts_job_seconds_median": median(split)}
     if args.stage_logs and Path(args.stage_logs).is_dir():
         res["stages_iteration1"] = stage_breakdown(Path(args.stage_logs))
+        res["job_overhead"] = job_overhead(Path(args.stage_logs))
         res["stages_from"] = str(args.stage_logs)
     return res
 
@@ -647,6 +668,9 @@ def summary_table(res: dict) -> str:
                      "with the SLURM plugin's probe unanswered) | | | < 3 s |")
         lines.append(f"| per-job overhead: Snakemake / the split job | {t['snakemake_per_job_seconds_median']:.2f} s / "
                      f"{t['split_prompts_job_seconds_median']:.2f} s | | | |")
+        for stage, d in sorted(t.get("job_overhead", {}).items()):
+            lines.append(f"| job `{stage}` ({d['jobs']}): wall / start-up / body, medians | {d['seconds_median']:.2f} s / "
+                         f"{d['startup_seconds_median']:.2f} s / {d['body_seconds_median']:.2f} s | | | |")
     return "\n".join(lines)
 
 

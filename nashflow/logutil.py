@@ -10,10 +10,21 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
 from nashflow.errors import NashflowError
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (Linux: /proc), None where that cannot be read."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: start time, in clock ticks
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 @contextlib.contextmanager
@@ -31,6 +42,10 @@ def job_logging(log_path: str | None, gpus: int = 0) -> Iterator[None]:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.captureWarnings(True)
+    started, age = time.perf_counter(), process_age()
+    if log_path and age is not None:  # benchmarks/perf.py reads these two lines: a job's fixed cost per rule
+        logging.getLogger("nashflow").info("job start-up %.2f s (interpreter, Snakemake's script preamble, imports)",
+                                           age)
     try:
         from nashflow.devices import claim_gpus
 
@@ -45,6 +60,8 @@ def job_logging(log_path: str | None, gpus: int = 0) -> Iterator[None]:
         print(f"nashflow: error: {err}", file=orig_stderr)
         raise SystemExit(1) from None
     finally:
+        if log_path and age is not None:
+            logging.getLogger("nashflow").info("job body %.2f s", time.perf_counter() - started)
         sys.stderr = orig_stderr
         if fh:
             fh.close()
