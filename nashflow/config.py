@@ -1,8 +1,9 @@
-"""Configuration: JSON-Schema validation with one-line errors, and the per-concern dataclasses.
+"""Configuration: JSON-Schema validation with one-line errors, runs, and the cross-field checks.
 
-``validate_config`` fills defaults from the schema and rejects unknown keys, wrong types and
-out-of-range values with a message that names the key. The builders below turn the validated
-mapping into the dataclasses that the library functions take.
+``validate_config`` fills defaults from the schema, rejects unknown keys, wrong types and
+out-of-range values with a message that names the key, resolves the method preset and builds the
+config model (:mod:`nashflow.settings`) once, so that every rule the dataclasses check holds
+before any job runs. Imports no torch.
 """
 
 from __future__ import annotations
@@ -13,14 +14,9 @@ from typing import Any
 
 import yaml
 
-from nashflow.data import PromptsConfig
 from nashflow.errors import ConfigError
-from nashflow.generate import SamplingConfig
 from nashflow.methods import resolve_algorithm
-from nashflow.models import BaseModelConfig
-from nashflow.offline import InitialDataConfig
-from nashflow.scorers import ScorerConfig
-from nashflow.trainer import LossConfig, TrainConfig
+from nashflow.settings import Settings, settings
 from nashflow.vllm_backend import check_reserved as check_vllm_reserved
 from nashflow.vllm_backend import check_settings as check_vllm_settings
 
@@ -132,7 +128,7 @@ def _validate_one(config: dict, schema_path: str | Path) -> dict:
     try:
         cfg["algorithm"] = resolve_algorithm(cfg["algorithm"])
     except (ValueError, KeyError) as err:
-        raise ConfigError(f"config: {str(err).strip(chr(39))}") from err
+        raise ConfigError(_plain(err)) from err
     if cfg["generation"].get("backend") == "vllm" and cfg["algorithm"]["sampler"] == "mixture":
         raise ConfigError("config key 'generation.backend': Nash-MD's mixture sampler (algorithm.sampler: mixture) "
                           "runs on the transformers backend only")
@@ -148,23 +144,29 @@ def _validate_one(config: dict, schema_path: str | Path) -> dict:
     check_distributed(cfg["training"], Path(schema_path).parent / "accelerate")
     check_matrix_game(cfg)
     check_compute(cfg["compute"])
-    # Cross-field rules that JSON Schema does not express, checked by the dataclasses.
-    for build in (prompts_config, initial_data_config, base_model_config, sampling_config, eval_sampling_config,
-                  train_config, loss_config, scorer_config):
-        try:
-            build(cfg)
-        except (ValueError, KeyError) as err:
-            raise ConfigError(f"config: {str(err).strip(chr(39))}") from err
-    # vLLM refuses unknown engine arguments and some sampling values only when a job starts.
+    try:  # the cross-field rules that JSON Schema does not express, checked by the dataclasses
+        model = settings(cfg)
+    except (ValueError, KeyError) as err:
+        raise ConfigError(_plain(err)) from err
+    check_vllm(cfg, model)
+    return cfg
+
+
+def _plain(err: Exception) -> str:
+    msg = str(err).strip("'")
+    return msg if msg.startswith(("config key", "unknown config key")) else f"config: {msg}"
+
+
+def check_vllm(cfg: dict, model: Settings) -> None:
+    """vLLM refuses unknown engine arguments and some sampling values only when a job starts."""
     gen = cfg["generation"]
     try:
         if gen["backend"] == "vllm":
-            check_vllm_settings(gen["vllm"], {"generation": sampling_config(cfg), "evaluation": eval_sampling_config(cfg)})
+            check_vllm_settings(gen["vllm"], {"generation": model.sampling, "evaluation": model.eval_sampling})
         else:
             check_vllm_reserved(gen["vllm"])
     except ValueError as err:
         raise ConfigError(str(err)) from err
-    return cfg
 
 
 def load_config(path: str | Path, schema_path: str | Path, overrides: dict | None = None) -> dict:
@@ -182,50 +184,6 @@ def deep_update(base: dict, new: dict) -> dict:
         else:
             out[k] = v
     return out
-
-
-def prompts_config(cfg: dict) -> PromptsConfig:
-    return PromptsConfig(**cfg["prompts"], seed=cfg["seed"])
-
-
-def initial_data_config(cfg: dict) -> InitialDataConfig:
-    return InitialDataConfig(**cfg["initial_data"], seed=cfg["seed"])
-
-
-def base_model_config(cfg: dict) -> BaseModelConfig:
-    return BaseModelConfig(**cfg["base_model"])
-
-
-def sampling_config(cfg: dict) -> SamplingConfig:
-    return SamplingConfig(**cfg["generation"])
-
-
-def eval_sampling_config(cfg: dict) -> SamplingConfig:
-    ev = dict(cfg["evaluation"])
-    ev.pop("seed", None)
-    ev.pop("responses", None)
-    gen = cfg["generation"]
-    return SamplingConfig(samples_per_prompt=1, max_prompt_length=gen["max_prompt_length"],
-                          backend=gen.get("backend", "transformers"), vllm=gen.get("vllm", {}), **ev)
-
-
-def train_config(cfg: dict) -> TrainConfig:
-    t = {k: v for k, v in cfg["training"].items() if k != "distributed"}
-    t["report_to"] = tuple(t.get("report_to", ()))
-    return TrainConfig(**t, seed=cfg["seed"])
-
-
-def loss_config(cfg: dict) -> LossConfig:
-    algo = cfg["algorithm"]
-    params = dict(algo.get("params") or {})
-    if algo["history"]:
-        params.setdefault("history_weights", algo["history_weights"])
-    return LossConfig(name=algo["loss"], beta=algo["beta"], logp_norm=algo["logp_norm"], params=params,
-                      select_best=bool(algo["select_best"]), val_fraction=float(algo["val_fraction"]))
-
-
-def scorer_config(cfg: dict) -> ScorerConfig:
-    return ScorerConfig.from_dict(cfg["scorer"])
 
 
 def job_config(smk, *, evaluation: bool = False) -> dict:

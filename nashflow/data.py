@@ -9,50 +9,19 @@ hash of the prompt) so that shards and gathers join by id, never by row order.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from nashflow.errors import DataError
 from nashflow.messages import conversation_id, last_user_text, prompt_conversation, prompt_id_for, to_messages
-from nashflow.sources import Source, SourceTable, open_source
+from nashflow.settings import PromptsConfig
+from nashflow.sources import SourceTable, open_source
 
 log = logging.getLogger(__name__)
 
 __all__ = ["PromptsConfig", "load_prompts", "prompt_table", "split_prompts", "iteration_prompts", "shard_rows",
            "prompt_id_for", "to_messages", "drop_repeats"]
-
-
-@dataclass(frozen=True)
-class PromptsConfig:
-    """Where the prompts come from and how they are split into iterations."""
-
-    path: str
-    column: str = "prompt"
-    id_column: str | None = None
-    system_prompt: str | None = None
-    eval_size: int = 48
-    prompts_per_iteration: int = 64
-    split: str | None = None
-    name: str | None = None
-    revision: str | None = None
-    select: int | str | None = None
-    sample: int | None = None
-    drop_duplicates: bool = False
-    seed: int = 42
-
-    def __post_init__(self):
-        if self.eval_size < 1:
-            raise ValueError("prompts.eval_size must be >= 1")
-        if self.prompts_per_iteration < 1:
-            raise ValueError("prompts.prompts_per_iteration must be >= 1")
-        _ = self.source  # Source checks select and sample
-
-    @property
-    def source(self) -> Source:
-        return Source(self.path, split=self.split, name=self.name, revision=self.revision, select=self.select,
-                      sample=self.sample, seed=self.seed, key="prompts")
 
 
 def load_prompts(cfg: PromptsConfig) -> pd.DataFrame:

@@ -88,12 +88,11 @@ def game_table(cfg: dict, models: list[str], eval_prompts: str, base_model_dir: 
     """One row per checkpoint (``models[0]`` the base, then iterates 1..T) of one run:
     ``iteration, tv_to_nash, exploitability, exploitability_regularised, tau, p_0 … p_{A−1}, p_none,
     checkpoint``. The game is the (evaluation) config's matrix_game scorer."""
-    from nashflow.config import eval_sampling_config, scorer_config
-    from nashflow.io import read_table
+    from nashflow.io import checkpoint_name, read_table
     from nashflow.methods import iteration_roles
     from nashflow.models import default_device, load_model, load_tokenizer
     from nashflow.scorers.matrix_game import MatrixGameScorer
-    from nashflow.stages import checkpoint_name
+    from nashflow.settings import eval_sampling_config, scorer_config
 
     comp = scorer_config(cfg).components[0]
     scorer = MatrixGameScorer(**comp.args, base_model_dir=base_model_dir, component=comp.label)

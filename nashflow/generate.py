@@ -8,7 +8,6 @@ samples of a prompt come from one prefill of it (``nashflow.decode``). Each batc
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 
 import pandas as pd
 import torch
@@ -17,33 +16,9 @@ from tqdm.auto import tqdm
 from nashflow.errors import DataError
 from nashflow.sampling import Sampler
 from nashflow.seeding import derive_seed
+from nashflow.settings import SamplingConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    """Sampling settings (per stage: training samples or evaluation responses)."""
-
-    samples_per_prompt: int = 4
-    max_new_tokens: int = 64
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 0
-    batch_size: int = 32
-    max_prompt_length: int = 512
-    backend: str = "transformers"  # or vllm (nashflow.vllm_backend; optional extra, or .venv-vllm on a CPU)
-    vllm: dict = field(default_factory=dict)  # vllm.EngineArgs fields (gpu_memory_utilization, dtype, ...)
-
-    def __post_init__(self):
-        if self.backend not in ("transformers", "vllm"):
-            raise ValueError("generation.backend must be transformers or vllm")
-        if self.samples_per_prompt < 1:
-            raise ValueError("samples_per_prompt must be >= 1")
-        if self.temperature < 0:
-            raise ValueError("temperature must be >= 0")
-        if not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
 
 
 def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:
@@ -145,3 +120,31 @@ def generate_samples(model, tokenizer, prompts: pd.DataFrame, cfg: SamplingConfi
     if len(df):
         df = df.sort_values(["prompt_id", "sample_index"]).reset_index(drop=True)
     return df
+
+
+SAMPLE_COLUMNS = ["prompt_id", "messages", "sample_index", "response", "token_count", "prompt_tokens",
+                  "finish_reason", "seed", "generator", "sampler"]
+
+
+def generate_table(model, tok, prompts: pd.DataFrame, cfg: SamplingConfig, *, seed: int, generator: str,
+                   **kwargs) -> pd.DataFrame:
+    """``generate_samples`` (keyword arguments passed on), or an empty samples table for no prompts."""
+    if len(prompts) == 0:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in SAMPLE_COLUMNS})
+    return generate_samples(model, tok, prompts, cfg, seed=seed, generator=generator, progress=True, **kwargs)
+
+
+def policy_and_mixture(model, tok, prompts: pd.DataFrame, cfg: SamplingConfig, *, seed: int, generator: str,
+                       reference, reference_name: str, coef: float) -> pd.DataFrame:
+    """Nash-MD's samples: per prompt one from the policy (``sample_index`` 0) and one from the
+    geometric mixture of policy and ``reference`` with weight ``coef`` (index 1, its own seed)."""
+    from dataclasses import replace
+
+    one = replace(cfg, samples_per_prompt=1)
+    df = generate_table(model, tok, prompts, one, seed=seed, generator=generator)
+    if not len(prompts):
+        return df
+    mix = generate_table(model, tok, prompts, one, seed=derive_seed(seed, "mixture"),
+                         generator=f"mixture({generator},{reference_name},{coef})", mixture_ref=reference,
+                         mixture_coef=coef, sample_offset=1)
+    return pd.concat([df, mix]).sort_values(["prompt_id", "sample_index"]).reset_index(drop=True)

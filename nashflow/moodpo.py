@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+import pandas as pd
 
 from nashflow.seeding import derive_seed
 
@@ -54,3 +55,23 @@ def condition(messages: list[dict], weights, names, template: str = "assistant")
         msgs[0]["content"] = text + "\n" + msgs[0]["content"]
         return msgs
     return [{"role": "system", "content": text}] + msgs
+
+
+def condition_table(prompts: pd.DataFrame, weights: list, moodpo: dict) -> pd.DataFrame:
+    """The prompts with the weight instruction added to ``messages``; the plain prompt stays in
+    ``raw_messages`` (scorers read it) and the weights in ``weights``. ``moodpo``: the job's
+    conditioning settings (``template``, ``objectives``; see nashflow.plan)."""
+    out = prompts.copy()
+    out["raw_messages"] = [list(m) for m in prompts["messages"]]
+    out["weights"] = [list(w) for w in weights]
+    out["messages"] = [condition(list(m), w, moodpo["objectives"], moodpo["template"])
+                       for m, w in zip(prompts["messages"], weights)]
+    return out
+
+
+def with_prompt_columns(df: pd.DataFrame, prompts: pd.DataFrame) -> pd.DataFrame:
+    """Samples with their prompt's ``raw_messages`` and ``weights`` (conditioned prompts only)."""
+    extra = [c for c in ("raw_messages", "weights") if c in prompts.columns]
+    if not extra or not len(df):
+        return df
+    return df.merge(prompts[["prompt_id"] + extra], on="prompt_id", how="left", validate="many_to_one")

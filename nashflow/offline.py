@@ -37,39 +37,13 @@ from nashflow.messages import (
     prompt_conversation,
     response_text,
 )
-from nashflow.sources import Source, SourceTable, open_source
+from nashflow.settings import InitialDataConfig
+from nashflow.sources import SourceTable, open_source
 
 log = logging.getLogger(__name__)
 
 RESPONSES = ("responses", "all_generated_responses")
 SCORES = ("scores", "all_rm_scores")
-
-
-@dataclass(frozen=True)
-class InitialDataConfig:
-    """The ``initial_data`` section: the source and its column names (None = the recognised names)."""
-
-    path: str | None = None
-    split: str | None = None
-    name: str | None = None
-    revision: str | None = None
-    select: int | str | None = None
-    sample: int | None = None
-    prompt_column: str = "prompt"
-    responses_column: str | None = None
-    scores_column: str | None = None
-    chosen_column: str | None = None
-    rejected_column: str | None = None
-    drop_duplicates: bool = False
-    seed: int = 42
-
-    def __post_init__(self):
-        _ = self.source  # Source checks select and sample
-
-    @property
-    def source(self) -> Source:
-        return Source(self.path or "", split=self.split, name=self.name, revision=self.revision, select=self.select,
-                      sample=self.sample, seed=self.seed, key="initial_data")
 
 
 @dataclass(frozen=True)

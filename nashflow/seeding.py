@@ -1,10 +1,9 @@
-"""Deterministic seeds derived from (base seed, iteration, shard, ...)."""
+"""Deterministic seeds derived from (base seed, iteration, shard, ...). Imports no torch."""
 
 import hashlib
 import random
 
 import numpy as np
-import torch
 
 
 def derive_seed(*parts: object) -> int:
@@ -16,4 +15,6 @@ def derive_seed(*parts: object) -> int:
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
+    import torch
+
     torch.manual_seed(seed)

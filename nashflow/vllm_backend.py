@@ -31,8 +31,8 @@ from pathlib import Path
 import pandas as pd
 
 from nashflow.errors import NashflowError
-from nashflow.generate import SamplingConfig, encode_prompts, finish_sample, stop_ids
 from nashflow.seeding import derive_seed
+from nashflow.settings import SamplingConfig
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +177,8 @@ def generate_vllm_sets(model_dir: str, tokenizer, prompt_sets: list[pd.DataFrame
     vllm = load_vllm()
     from transformers import AutoConfig
 
+    from nashflow.generate import encode_prompts, stop_ids
+
     context = engine_args.get("max_model_len") or getattr(AutoConfig.from_pretrained(model_dir),
                                                           "max_position_embeddings", None)
     stop = stop_ids(tokenizer, _generation_config(model_dir))
@@ -209,6 +211,8 @@ def generate_vllm(model_dir: str, tokenizer, prompts: pd.DataFrame, cfg: Samplin
 
 
 def _sample(vllm, llm, tokenizer, encoded, cfg, stop, *, seed, seeded, generator) -> pd.DataFrame:
+    from nashflow.generate import finish_sample
+
     requests, params, keys = [], [], []
     for pid, msgs, ids in encoded:
         for k in range(cfg.samples_per_prompt):
@@ -283,3 +287,20 @@ def _serve(request_path: str) -> None:
 if __name__ == "__main__":  # vLLM's engine starts a process: the entry point needs this guard
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     _serve(sys.argv[1])
+
+
+def vllm_tables(model_dir: str, prompt_sets: list[pd.DataFrame], cfg: SamplingConfig, *, seed: int, gpus: int,
+                compute: dict) -> list[pd.DataFrame]:
+    """One samples table per prompt set, all from one engine (none without prompts); the engine's
+    dtype is the sampling stage's (``compute``) unless ``generation.vllm.dtype`` is set."""
+    from nashflow.generate import generate_table
+    from nashflow.io import checkpoint_name
+    from nashflow.models import load_tokenizer
+    from nashflow.precision import resolve
+
+    if not any(len(p) for p in prompt_sets):
+        return [generate_table(None, None, p, cfg, seed=seed, generator="") for p in prompt_sets]
+    return generate_vllm_sets(model_dir, load_tokenizer(model_dir), prompt_sets, cfg, seed=seed,
+                              generator=checkpoint_name(model_dir), tensor_parallel=gpus,
+                              engine_args={"dtype": resolve(compute["dtype"], "cuda" if gpus > 0 else "cpu"),
+                                           **cfg.vllm})

@@ -56,7 +56,7 @@ if config["initial_data"]["path"]:
             samples="results/{run}/iter1/samples/shard{shard}.parquet",
             scores="results/{run}/iter1/scores/shard{shard}.parquet",
         params:
-            settings={"initial_data": config["initial_data"], "shards": config["shards"]},
+            settings=settings("import_initial"),
         log:
             "logs/{run}/iter1/import_initial/shard{shard}.log",
         benchmark:

@@ -4,7 +4,7 @@ rule report:
         metrics=get_all_eval_metrics,
         train_metrics=get_all_train_metrics,
         responses=get_all_eval_responses,
-        models=lambda w: [model_dir(w.run, t) for t in iterations(w.run)],
+        models=get_all_models,
     output:
         table=report("results/{run}/report/summary.csv", caption="../workflow/report/summary.rst",
                      category="Runs", subcategory="{run}"),

@@ -17,14 +17,80 @@ def test_default_config_is_valid_and_complete():
     assert cfg["base_model"]["trust_remote_code"] is False
 
 
+def _schema_keys(node, path=""):
+    """(dotted key, subschema) of every property at every depth: nested ``properties``, the items
+    of arrays (``scorer.components.type``) and ``additionalProperties`` (``runs.*.seed``)."""
+    for key, sub in node.get("properties", {}).items():
+        yield f"{path}{key}", sub
+        yield from _schema_keys(sub, f"{path}{key}.")
+    if isinstance(node.get("items"), dict):
+        yield from _schema_keys(node["items"], path)
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _schema_keys(node["additionalProperties"], f"{path}*.")
+
+
+#: keys that legitimately have no ``default``
+NO_DEFAULT = {
+    # required in each component (`required: [type]`): there is no sensible scorer to assume
+    "scorer.components.type",
+    # a run's overrides: an omitted key falls back to the top-level key (which has the default),
+    # so a default here would be wrong (and validate_config never fills additionalProperties)
+    *(f"runs.*.{k}" for k in ("seed", "iterations", "generation", "scorer", "algorithm", "conditioning",
+                              "logps", "training")),
+}
+
+
 def test_schema_documents_every_key():
-    def walk(node, path):
-        for key, sub in node.get("properties", {}).items():
-            yield f"{path}{key}", sub
-            yield from walk(sub, f"{path}{key}.")
-    schema = yaml.safe_load(SCHEMA.read_text())
-    missing = [k for k, sub in walk(schema, "") if "default" not in sub and k != "scorer.components.type"]
-    assert not missing
+    keys = dict(_schema_keys(yaml.safe_load(SCHEMA.read_text())))
+    assert "scorer.components.type" in keys and "runs.*.seed" in keys  # the walk reaches items and runs
+    undescribed = [k for k, sub in keys.items() if not str(sub.get("description") or "").strip()]
+    assert not undescribed, f"keys without a description in {SCHEMA.name}: {undescribed}"
+    no_default = [k for k, sub in keys.items() if "default" not in sub and k not in NO_DEFAULT]
+    assert not no_default, f"keys without a default in {SCHEMA.name}: {no_default}"
+    stale = sorted(NO_DEFAULT - keys.keys())
+    assert not stale, f"NO_DEFAULT names keys the schema no longer has: {stale}"
+
+
+def test_schema_enums_match_the_registries():
+    """Each enum in the schema equals the registry the code dispatches on, so a method, loss, pair
+    builder or scorer added (or renamed) in one place only fails here. If a registry moves or is
+    renamed, update the import below; the schema path on the left stays."""
+    from nashflow import losses, methods, pairs, scorers
+
+    props = yaml.safe_load(SCHEMA.read_text())["properties"]
+    algo = props["algorithm"]["properties"]
+
+    def enum(sub, nullable=False):
+        values = list(sub["enum"])
+        assert (None in values) == nullable, sub["enum"]
+        assert len(values) == len(set(values)), f"duplicate enum values: {values}"
+        return {v for v in values if v is not None}
+
+    pairs_of = {  # schema enum: the code's registry
+        "algorithm.name -> nashflow.methods.METHODS": (enum(algo["name"]), set(methods.METHODS)),
+        "algorithm.loss -> nashflow.losses.LOSSES": (enum(algo["loss"], nullable=True), set(losses.LOSSES)),
+        "algorithm.pairs -> nashflow.pairs.PAIR_BUILDERS": (enum(algo["pairs"], nullable=True),
+                                                           set(pairs.PAIR_BUILDERS)),
+        "scorer.components[*].type -> nashflow.scorers.SCORERS": (
+            enum(props["scorer"]["properties"]["components"]["items"]["properties"]["type"]),
+            set(scorers.SCORERS)),
+    }
+    for what, (schema_values, code_values) in pairs_of.items():
+        assert schema_values == code_values, (
+            f"{what}: only in the schema {sorted(schema_values - code_values)}, "
+            f"only in the code {sorted(code_values - schema_values)}")
+
+    # algorithm.reference: methods.py has no constant for it (resolve_algorithm checks a literal
+    # tuple, iteration_roles maps each value to a checkpoint), so check what the code does: every
+    # schema value resolves to a checkpoint, every preset's value is in the schema, and the code
+    # refuses a value outside it.
+    references = enum(algo["reference"], nullable=True)
+    for ref in references:
+        algo_cfg = methods.resolve_algorithm({"name": "dpo", "reference": ref})
+        assert isinstance(methods.iteration_roles(2, algo_cfg)["reference"], int)
+    assert {preset.get("reference", methods.DEFAULTS["reference"]) for preset in methods.METHODS.values()} <= references
+    with pytest.raises(ValueError, match="algorithm.reference"):
+        methods.resolve_algorithm({"name": "dpo", "reference": "not_a_reference"})
 
 
 @pytest.mark.parametrize("cfg,match", [

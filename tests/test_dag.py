@@ -221,3 +221,33 @@ def test_lint_passes_every_rule_has_log_benchmark_resources_and_conda():
         assert text.count(directive) >= n_rules, directive
     for field in ("gpu=", "mem_mb=", "runtime="):
         assert text.count(field) >= n_rules, field
+
+
+def test_building_the_dag_imports_no_torch(tmp_path, fake_model):
+    """Validating the config and building the DAG (every method family: pairs, history, anchor,
+    mixture sampler, MOODPO conditioning; model and preference scorers) never imports torch, which
+    would cost every `snakemake` call and every job-less step ~1 s."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, _no_slurm_probe_path
+
+    runs = {"dpo": {"algorithm": {"name": "dpo"}}, "mnpo": {"algorithm": {"name": "mnpo"}},
+            "comal": {"algorithm": {"name": "comal", "anchor_every": 1}},
+            "nash_md": {"algorithm": {"name": "nash_md"}},
+            "moodpo": {"algorithm": {"name": "moodpo"},
+                       "scorer": {"components": [{"type": "length", "name": "long"},
+                                                 {"type": "sentiment", "name": "happy"}]}}}
+    write_config(tmp_path, tiny_config(fake_model, runs=runs))
+    cmd = [sys.executable, "-X", "importtime", "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+           "--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"), "-n", "--forceall"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "PATH": _no_slurm_probe_path()})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # iteration 1: dpo, mnpo and comal share their samples (same sampling settings), 3 owners x 2 shards;
+    # iteration 2: 5 runs x 2 shards
+    assert job_counts(proc.stdout)["generate"] == 3 * 2 + 5 * 2 and job_counts(proc.stdout)["train"] == 10
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "nashflow.plan" in imported  # the measurement sees the workflow's own imports
+    heavy = sorted(m for m in imported if m.split(".")[0] in ("torch", "transformers", "accelerate", "peft"))
+    assert not heavy, heavy[:5]

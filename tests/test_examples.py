@@ -34,7 +34,7 @@ def _comal_checkpoints(t: int) -> set[str]:
     return {name(0 if t <= 12 else 12), name(t - 1)}
 
 
-# Checkpoints whose log-probs iteration t reads, per method (written out from ALGORITHMS.md, not
+# Checkpoints whose log-probs iteration t reads, per method (written out from docs/algorithms.md, "Iteration roles", not
 # computed with nashflow.methods): MNPO = SFT reference + up to 2 history players starting at π_1;
 # SPPO/GPO = π_{t-1} as reference; Nash-MD and MOODPO = the SFT model; COMAL = anchor + π_{t-1}.
 EXPECTED_LOGPS = {
@@ -55,7 +55,7 @@ PARAMS = {
 }
 GPU_LINE = re.compile(r"^# GPUs per job .*\n#   (.+)$", re.M)
 
-# The values that make each example "paper scale" (ALGORITHMS.md), checked on the effective config.
+# The values that make each example "paper scale" (docs/algorithms.md §6), checked on the effective config.
 PAPER = {
     "mnpo": {
         "base_model.path": "models/gemma-2-9b-it", "iterations": 3, "shards": 8,

@@ -1,9 +1,8 @@
 from nashflow import stages
-from nashflow.config import job_config
 from nashflow.logutil import job_logging
 
 with job_logging(snakemake.log[0], gpus=snakemake.resources.get("gpu", 0)):
-    stages.generate(job_config(snakemake), iteration=int(snakemake.wildcards.iter), shard=int(snakemake.wildcards.shard),
+    stages.generate(snakemake.params.settings, iteration=int(snakemake.wildcards.iter), shard=int(snakemake.wildcards.shard),
                     model_dir=snakemake.input.model, pool_path=snakemake.input.pool,
                     reference_dir=snakemake.input.get("reference"), out=snakemake.output.samples,
                     threads=snakemake.threads,

@@ -1,7 +1,6 @@
 from nashflow import stages
-from nashflow.config import job_config
 from nashflow.logutil import job_logging
 
 with job_logging(snakemake.log[0], gpus=snakemake.resources.get("gpu", 0)):
-    stages.logps(job_config(snakemake), pairs_path=snakemake.input.pairs, shard=int(snakemake.wildcards.shard),
+    stages.logps(snakemake.params.settings, pairs_path=snakemake.input.pairs, shard=int(snakemake.wildcards.shard),
                  model_dir=snakemake.input.model, out=snakemake.output.logps, threads=snakemake.threads)
