@@ -2,7 +2,7 @@
 
 Sections (``--sections``, default all):
 
-- ``train``: nashflow's trainer (``nashflow.trainer.train``, the training job's function) vs TRL's
+- ``train``: nashflow's trainer (``nashflow.training.train``, the training job's function) vs TRL's
   ``DPOTrainer`` on the same model, pairs, batch, precision, learning rate and length limits, the
   reference log-probs precomputed for both. Real (non-pad) tokens per second of optimizer steps,
   the first step (warm-up) left out.
@@ -48,7 +48,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -281,7 +280,8 @@ def steady_rate(stamps: list[tuple[float, int]]) -> float:
 
 def nashflow_train_once(args, model_dir: Path, pairs_path: Path, ref_path: Path, *, batch_pairs: int, max_length: int,
                         max_prompt_length: int, work: Path, lr: float = 5e-6) -> float:
-    from nashflow.trainer import LossConfig, TrainConfig, train
+    from nashflow.settings import LossConfig, TrainConfig
+    from nashflow.training import train
 
     out = work / f"nf-{random.getrandbits(32):x}"
     tcfg = TrainConfig(learning_rate=lr, batch_size=batch_pairs, max_length=max_length,
@@ -532,12 +532,11 @@ def bench_orchestration(args, work: Path, repeats: int) -> dict:
     dry_found = [run_snakemake(dry_args, work) for _ in range(1 if args.quick else repeats)]
     dry = [run_snakemake(dry_args, work, env=no_probe) for _ in range(repeats)]
     # Python start-up and imports alone (Snakemake's CLI and nashflow's DAG-time modules, as the Snakefile
-    # imports them: torch deferred).
+    # imports them: no torch).
     imports = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import snakemake.cli; from nashflow.torchutil import lazy_torch; "
-                        "lazy_torch(); import nashflow.config"], check=True,
+        subprocess.run([sys.executable, "-c", "import snakemake.cli; import nashflow.plan"], check=True,
                        env={**os.environ, **no_probe})
         imports.append(time.perf_counter() - t0)
     # Snakemake's own per-job cost: N trivial shell jobs in one run, and 1, the difference per job.
@@ -708,7 +707,7 @@ def main(argv=None) -> None:
         ap.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
     work = Path(tempfile.mkdtemp(prefix="nashflow-perf-"))
     if args.quick:
-        from conftest import build_tiny_model
+        from nashflow.testing import build_tiny_model
 
         model_dir = build_tiny_model(work / "tiny")
         model_name = "tiny random Llama (test fixture)"

@@ -18,7 +18,6 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +25,6 @@ from pathlib import Path
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
 
 
 def workload(n_prompts: int, k: int) -> pd.DataFrame:
@@ -80,10 +78,10 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from conftest import build_tiny_gpm, build_tiny_judge, build_tiny_reward_model
 
     from nashflow.io import package_versions
     from nashflow.scorers import CompositeScorer, ScorerConfig
+    from nashflow.testing import build_tiny_gpm, build_tiny_judge, build_tiny_reward_model
 
     torch.set_num_threads(args.threads)
     k = 4

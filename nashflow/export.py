@@ -84,3 +84,13 @@ def write_mt_bench(df: pd.DataFrame, model_id: str, path: str) -> None:
                                 ensure_ascii=False))
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def export_answers(*, responses: str, out_alpaca: str, out_mt_bench: str) -> None:
+    """Held-out responses in AlpacaEval's and MT-Bench's answer formats."""
+    from nashflow.io import read_table
+
+    df = read_table(responses)
+    model_id = df["generator"].iloc[0] if len(df) else "unknown"
+    write_alpaca_eval(df, model_id, out_alpaca)
+    write_mt_bench(df, model_id, out_mt_bench)

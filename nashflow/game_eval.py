@@ -36,10 +36,12 @@ def regularisation(algo: dict[str, Any]) -> tuple[str, float] | None:
     previous``) regularise towards a moving target, and DPO's β regularises a Bradley-Terry reward
     in logit units, not P: none of them defines a fixed regularised game here.
     """
-    params = algo.get("params") or {}
-    if algo["loss"] in ("inpo", "mnpo") and algo["reference"] in ("anchor", "base"):
+    from nashflow.methods import loss_spec
+
+    params, how = algo.get("params") or {}, loss_spec(algo["loss"]).game_tau
+    if how == "ratio_eta" and algo["reference"] in ("anchor", "base"):
         return algo["reference"], float(params["ratio"]) * float(params["eta"])
-    if algo["loss"] == "nash_md" and algo["reference"] == "base":
+    if how == "beta" and algo["reference"] == "base":
         return "base", float(algo["beta"])
     return None
 
@@ -123,7 +125,7 @@ def game_eval(cfg: dict, *, models: list[str], eval_prompts: str, base_model_dir
     """``results/<run>/report/game.csv`` and its plot (trajectory of one run)."""
     from nashflow import report as R
     from nashflow.io import atomic_path
-    from nashflow.models import set_threads
+    from nashflow.torchutil import set_threads
 
     set_threads(threads)
     df = game_table(cfg, models, eval_prompts, base_model_dir)

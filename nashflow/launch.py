@@ -45,7 +45,7 @@ def accelerate_command(n_gpus: int, spec_path: str, accelerate_config: str | Non
             cmd.append("--multi_gpu")  # DDP (over gloo for CPU processes)
         elif n_gpus <= 0:
             cmd.append("--cpu")
-    cmd += ["-m", "nashflow.trainer", "--spec", spec_path]
+    cmd += ["-m", "nashflow.training", "--spec", spec_path]
     return cmd
 
 
@@ -87,7 +87,7 @@ def train_in_process(spec_path: str, env: dict[str, str]) -> None:
     clean. Saves a job the launcher's and the trainer's interpreters and imports (~5 s each job)."""
     from accelerate.state import AcceleratorState
 
-    from nashflow.trainer import run_spec
+    from nashflow.training import run_spec
 
     try:
         with _environment(env):

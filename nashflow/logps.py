@@ -12,14 +12,14 @@ sequence):
   group, ``prompt | response 1 | response 2 | ...``, in which each response attends to the prompt
   and to itself only and takes the position ids it would have alone; the prompt is computed once.
   Groups are packed first-fit into rows (no padding between them) and rows are batched under a
-  token budget. See :func:`pack_rows` and :func:`packed_logps`.
+  token budget. See :mod:`nashflow.batching` (the layouts) and :func:`packed_logps`.
 - flat (flash-attention, whose kernels take no 4D mask): whole sequences one after another in one
   row per batch, their position ids restarting at 0; transformers turns the position ids into
   variable-length attention (and, for sdpa/eager, into the equivalent block mask, which is how the
   layout is tested on a CPU). Prompts are not shared.
-- padded: sequences sorted by length, right-padded batches (:func:`collate`, :func:`token_logps`),
-  used for other attention implementations and for per-token outputs in the trainer's [B, T]
-  layout (Nash-MD).
+- padded: sequences sorted by length, right-padded batches (:func:`nashflow.batching.collate`,
+  :func:`token_logps`), used for other attention implementations and for per-token outputs in
+  the trainer's [B, T] layout (Nash-MD).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from nashflow.batching import PackedBatch, build_packed, collate, length_batches, packed_batches, prompt_groups
 from nashflow.generate import encode_prompt
 from nashflow.torchutil import inference_mode, input_device, unwrap
 
@@ -60,23 +61,18 @@ def encode_pair_side(tokenizer, messages: list[dict], response: str, *, finished
     return Encoded(prompt + resp, len(prompt))
 
 
-def collate(encoded: Sequence[Encoded], pad_id: int, device=None):
-    """Right-padded ``input_ids``, ``attention_mask`` and ``response_mask`` tensors."""
-    width = max(len(e.input_ids) for e in encoded)
-    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(encoded), width), dtype=torch.long)
-    resp = torch.zeros((len(encoded), width), dtype=torch.bool)
-    for i, e in enumerate(encoded):
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        attn[i, :n] = 1
-        resp[i, e.response_start:n] = True
-    if device is not None:
-        ids, attn, resp = ids.to(device), attn.to(device), resp.to(device)
-    return ids, attn, resp
+def encode_pairs(tokenizer, pairs, sides: Sequence[str] = ("chosen", "rejected"), *, max_length: int,
+                 max_prompt_length: int) -> list[Encoded]:
+    """Every response of a pairs table under its prompt: all rows of ``sides[0]``, then of ``sides[1]``.
+
+    The one encoding of pairs: the log-prob stage and the trainer both call it, so that reference
+    and policy log-probs are taken over the same tokens."""
+    return [encode_pair_side(tokenizer, list(msgs), text, finished=fin == "stop", max_length=max_length,
+                             max_prompt_length=max_prompt_length)
+            for side in sides for msgs, text, fin in zip(pairs["messages"], pairs[side], pairs[f"{side}_finish"])]
 
 
-def _split_head(model):
+def split_head(model):
     """(decoder body, lm_head) when the model exposes them, else None (used by the judge's prefix cache)."""
     get_dec = getattr(model, "get_decoder", None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -126,22 +122,6 @@ def token_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     return out.index_put((rows, cols), picked)
 
 
-def length_batches(lengths: Sequence[int], max_tokens: int, max_batch: int = 64) -> list[list[int]]:
-    """Indices grouped into batches of similar length whose padded size stays under ``max_tokens``."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches, cur, width = [], [], 0
-    for i in order:
-        w = max(width, lengths[i])
-        if cur and (w * (len(cur) + 1) > max_tokens or len(cur) >= max_batch):
-            batches.append(cur)
-            cur, w = [], lengths[i]
-        cur.append(i)
-        width = w
-    if cur:
-        batches.append(cur)
-    return batches
-
-
 #: attention implementations that take packed sequences separated by position ids alone (varlen kernels)
 FLAT_ONLY = ("flash_attention_2", "flash_attention_3")
 
@@ -166,129 +146,6 @@ def packing_mode(model) -> str | None:
 
 def can_pack(model) -> bool:
     return packing_mode(model) is not None
-
-
-def prompt_groups(encoded: Sequence[Encoded], candidates: Sequence[Sequence[int]] | None = None) -> list[list[int]]:
-    """Groups of sequence indices that share their prompt tokens exactly.
-
-    ``candidates`` (e.g. a pair's chosen and rejected) limits the sharing to within each candidate
-    group; without it every sequence with the same prompt joins one group.
-    """
-    if candidates is None:
-        candidates = [range(len(encoded))]
-    groups: list[list[int]] = []
-    for cand in candidates:
-        by_prompt: dict[tuple[int, ...], list[int]] = {}
-        for i in cand:
-            e = encoded[i]
-            by_prompt.setdefault(tuple(e.input_ids[: e.response_start]), []).append(i)
-        groups.extend(by_prompt.values())
-    return groups
-
-
-def group_length(encoded: Sequence[Encoded], group: Sequence[int]) -> int:
-    return encoded[group[0]].response_start + sum(encoded[i].n_response for i in group)
-
-
-def split_groups(encoded: Sequence[Encoded], groups: Sequence[Sequence[int]], width: int) -> list[list[int]]:
-    """Groups cut so that each packed group fits ``width`` tokens (a cut repeats the prompt)."""
-    out = []
-    for g in groups:
-        cur: list[int] = []
-        for i in g:
-            if cur and group_length(encoded, cur + [i]) > width:
-                out.append(cur)
-                cur = []
-            cur.append(i)
-        out.append(cur)
-    return out
-
-
-def pack_rows(encoded: Sequence[Encoded], groups: Sequence[Sequence[int]], width: int) -> list[list[list[int]]]:
-    """Groups packed first-fit (longest first) into rows of at most ``width`` tokens."""
-    sized = sorted(((group_length(encoded, g), list(g)) for g in groups), key=lambda x: -x[0])
-    rows: list[list[list[int]]] = []
-    free: list[int] = []
-    for n, g in sized:
-        if n > width:
-            raise ValueError(f"a packed group of {n} tokens does not fit rows of {width}")
-        for r, space in enumerate(free):
-            if n <= space:
-                rows[r].append(g)
-                free[r] -= n
-                break
-        else:
-            rows.append([g])
-            free.append(width - n)
-    return rows
-
-
-@dataclass
-class PackedBatch:
-    """Packed rows as model inputs, and where each response token is read from.
-
-    ``src[k]`` is the flat position (row * width + column) whose hidden state predicts response token
-    ``tgt[k]`` of sequence ``seq[k]`` (an index into ``order``, the encoded indices in this batch).
-    """
-
-    input_ids: torch.Tensor  # [B, W]
-    position_ids: torch.Tensor  # [B, W]
-    attention_mask: torch.Tensor | None  # [B, 1, W, W] bool, True = may attend; None for flat rows
-    src: torch.Tensor  # [N]
-    tgt: torch.Tensor  # [N]
-    seq: torch.Tensor  # [N]
-    order: list[int]
-    tokens: int  # real tokens in the rows (prompts counted once per group)
-
-
-def build_packed(encoded: Sequence[Encoded], rows: Sequence[Sequence[Sequence[int]]], pad_id: int,
-                 device=None, flat: bool = False) -> PackedBatch:
-    """Model inputs for packed rows; ``flat`` rows (groups of one sequence each) get no mask: the
-    position ids, restarting at 0 for each sequence, separate them (see :func:`packing_mode`)."""
-    width = max(sum(group_length(encoded, g) for g in row) for row in rows)
-    n_rows = len(rows)
-    ids = torch.full((n_rows, width), pad_id, dtype=torch.long)
-    pos = torch.zeros((n_rows, width), dtype=torch.long)
-    block = torch.zeros((n_rows, width), dtype=torch.long)  # 0 = padding
-    branch = torch.zeros((n_rows, width), dtype=torch.long)  # 0 = prompt, k = k-th response of the group
-    src, tgt, seq, order = [], [], [], []
-    tokens = 0
-    for r, row in enumerate(rows):
-        cur = 0
-        for b, g in enumerate(row, start=1):
-            p = encoded[g[0]].response_start
-            prompt_ids = encoded[g[0]].input_ids[:p]
-            ids[r, cur:cur + p] = torch.tensor(prompt_ids)
-            pos[r, cur:cur + p] = torch.arange(p)
-            block[r, cur:cur + p] = b
-            last_prompt = r * width + cur + p - 1
-            cur += p
-            for k, i in enumerate(g, start=1):
-                resp = encoded[i].input_ids[p:]
-                n = len(resp)
-                ids[r, cur:cur + n] = torch.tensor(resp)
-                pos[r, cur:cur + n] = torch.arange(p, p + n)
-                block[r, cur:cur + n] = b
-                branch[r, cur:cur + n] = k
-                src += [last_prompt] + list(range(r * width + cur, r * width + cur + n - 1))
-                tgt += resp
-                seq += [len(order)] * n
-                order.append(i)
-                cur += n
-        tokens += cur
-    mask = None
-    if not flat:
-        causal = torch.ones(width, width, dtype=torch.bool).tril()
-        same_block = block[:, :, None] == block[:, None, :]
-        same_branch = (branch[:, None, :] == 0) | (branch[:, :, None] == branch[:, None, :])
-        mask = (same_block & same_branch & causal)[:, None]
-    t = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
-    out = PackedBatch(ids, pos, mask, t(src), t(tgt), t(seq), order, tokens)
-    if device is not None:
-        for name in ("input_ids", "position_ids", "attention_mask", "src", "tgt", "seq"):
-            if getattr(out, name) is not None:
-                setattr(out, name, getattr(out, name).to(device))
-    return out
 
 
 def _mask_for(model, mask: torch.Tensor) -> torch.Tensor:
@@ -319,23 +176,6 @@ def packed_logps(model, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]
     tok = tok.to(batch.tgt.device)
     sums = torch.zeros(len(batch.order), dtype=tok.dtype, device=tok.device).index_add(0, batch.seq, tok)
     return sums, tok
-
-
-def packed_batches(encoded: Sequence[Encoded], groups: Sequence[Sequence[int]], max_tokens: int,
-                   width: int | None = None) -> list[list[list[list[int]]]]:
-    """Rows of packed groups, batched so that rows x width stays under ``max_tokens`` (at least one row).
-
-    Rows are as wide as the longest group (capped at ``max_tokens``; longer groups are cut) unless
-    ``width`` is given; a single sequence always fits.
-    """
-    longest = max(len(e.input_ids) for e in encoded)
-    if width is None:
-        width = min(max(group_length(encoded, g) for g in groups), max_tokens)
-    width = max(width, longest)
-    rows = pack_rows(encoded, split_groups(encoded, groups, width), width)
-    rows.sort(key=lambda row: -sum(group_length(encoded, g) for g in row))
-    per_batch = max(1, max_tokens // width)
-    return [rows[i:i + per_batch] for i in range(0, len(rows), per_batch)]
 
 
 @inference_mode

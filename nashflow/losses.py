@@ -53,14 +53,14 @@ def _history_mix(history_chosen_logps: Tensor | None, history_rejected_logps: Te
 
 
 def dpo(*, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
-        ref_rejected_logps: Tensor, beta: float = 0.1, **_) -> Tensor:
+        ref_rejected_logps: Tensor, beta: float, **_) -> Tensor:
     """DPO (Rafailov et al. 2023, eq. 7): ``loss = −log σ(β·(h_θ − h_ref))``."""
     logits = _h(policy_chosen_logps, policy_rejected_logps) - _h(ref_chosen_logps, ref_rejected_logps)
     return -torch.nn.functional.logsigmoid(beta * logits)
 
 
 def ipo(*, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
-        ref_rejected_logps: Tensor, beta: float = 0.1, eta: float | None = None, **_) -> Tensor:
+        ref_rejected_logps: Tensor, beta: float, eta: float | None = None, **_) -> Tensor:
     """IPO (Azar et al. 2023, eq. 17) / Iter-IPO with ref = π_t: ``loss = (h_θ − h_ref − 1/(2η))²``.
 
     ``η`` defaults to ``β`` (TRL's naming, target ``1/(2β)``).
@@ -71,7 +71,7 @@ def ipo(*, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chose
 
 
 def sppo(*, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
-         ref_rejected_logps: Tensor, chosen_target: Tensor, rejected_target: Tensor, beta: float = 0.001,
+         ref_rejected_logps: Tensor, chosen_target: Tensor, rejected_target: Tensor, beta: float,
          **_) -> Tensor:
     """SPPO (Wu et al. 2024, eq. 3.6), η = 1/β, a = S_θ(y_w) − S_ref(y_w), b likewise for y_l:
 
@@ -85,7 +85,7 @@ def sppo(*, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chos
 
 
 def sppo_single(*, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
-                ref_rejected_logps: Tensor, pref_prob: Tensor, beta: float = 0.001, **_) -> Tensor:
+                ref_rejected_logps: Tensor, pref_prob: Tensor, beta: float, **_) -> Tensor:
     """SPPO single-pair form: ``loss = ½[(a − η(p − ½))² + (b + η(p − ½))²]``, p = P(y_w ≻ y_l), η = 1/β."""
     eta = 1.0 / beta
     a = policy_chosen_logps - ref_chosen_logps
@@ -94,7 +94,7 @@ def sppo_single(*, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, r
 
 
 def sppo_hard(*, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
-              ref_rejected_logps: Tensor, beta: float = 0.001, **_) -> Tensor:
+              ref_rejected_logps: Tensor, beta: float, **_) -> Tensor:
     """TRL's ``sppo_hard`` (hard P = 1/0, no leading ½): ``loss = (a − η/2)² + (b + η/2)²``, η = 1/β."""
     eta = 1.0 / beta
     a = policy_chosen_logps - ref_chosen_logps
@@ -103,7 +103,7 @@ def sppo_hard(*, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref
 
 
 def gpo(*, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
-        ref_rejected_logps: Tensor, chosen_target: Tensor, rejected_target: Tensor, beta: float = 0.001,
+        ref_rejected_logps: Tensor, chosen_target: Tensor, rejected_target: Tensor, beta: float,
         clamp: float = 1000.0, **_) -> Tensor:
     """GPO with GPM scores. PRESUMED form: the published ``sppo_score`` loss is not public.
 
@@ -138,7 +138,7 @@ def mnpo(*, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chos
 
 def mnpo_dpo(*, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
              ref_rejected_logps: Tensor, history_chosen_logps: Tensor | None = None,
-             history_rejected_logps: Tensor | None = None, beta: float = 0.1, het_loss_weight: float = 0.0,
+             history_rejected_logps: Tensor | None = None, beta: float, het_loss_weight: float = 0.0,
              history_weights: Sequence[float] | None = None, max_history: int | None = None, **_) -> Tensor:
     """MNPO's DPO variant: ``loss = −log σ(β(h_θ − h_ref)) + c_het·(h_θ − Σ_j λ_j·h_{π_j})²``."""
     h_pol = _h(policy_chosen_logps, policy_rejected_logps)
@@ -163,7 +163,7 @@ def inpo(*, policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chos
 
 
 def nash_md(*, policy_token_logps: Tensor, ref_token_logps: Tensor, mask: Tensor, pref_prob: Tensor,
-            beta: float = 0.1, **_) -> Tensor:
+            beta: float, **_) -> Tensor:
     """Nash-MD (Munos et al. 2024; TRL NashMDTrainer), on the policy sample y with p = P(y ≻ y'):
 
     ``score = (p − ½)·Σ_t ℓ_t``, ``kl = Σ_t sg(ℓ_t − ℓ^ref_t)·ℓ_t``, ``loss = β·kl − score``,

@@ -28,7 +28,9 @@ class LossSpec:
     whether β enters the loss (else it only scales the logged implicit rewards β·(log π − log π_ref));
     ``uses_rejected``: whether the rejected response is encoded and forwarded; ``per_token``: per-token
     policy and reference log-probs (no packing); ``min_history``: history players it reads;
-    ``logp_norm``: the log-prob normalisation it requires (None: either)."""
+    ``logp_norm``: the log-prob normalisation it requires (None: either); ``game_tau``: the
+    temperature τ of the KL-regularised game its fixed point solves (``ratio_eta``: τ = ρ·η, ``beta``:
+    τ = β; None: none defined, see nashflow.game_eval.regularisation)."""
 
     params: tuple[str, ...] = ()
     uses_beta: bool = True
@@ -36,6 +38,7 @@ class LossSpec:
     per_token: bool = False
     min_history: int = 0
     logp_norm: str | None = None
+    game_tau: str | None = None
 
     def check_params(self, name: str, params: dict[str, Any]) -> None:
         unknown = sorted(set(params) - set(self.params))
@@ -53,10 +56,10 @@ LOSS_SPECS: dict[str, LossSpec] = {
     "sppo_single": LossSpec(),
     "sppo_hard": LossSpec(),
     "gpo": LossSpec(params=("clamp",)),
-    "inpo": LossSpec(params=("eta", "ratio"), uses_beta=False, min_history=1),
-    "mnpo": LossSpec(params=("eta", "ratio", *_MIX), uses_beta=False),
+    "inpo": LossSpec(params=("eta", "ratio"), uses_beta=False, min_history=1, game_tau="ratio_eta"),
+    "mnpo": LossSpec(params=("eta", "ratio", *_MIX), uses_beta=False, game_tau="ratio_eta"),
     "mnpo_dpo": LossSpec(params=("het_loss_weight", *_MIX)),
-    "nash_md": LossSpec(uses_rejected=False, per_token=True),
+    "nash_md": LossSpec(uses_rejected=False, per_token=True, game_tau="beta"),
     "mle": LossSpec(uses_beta=False, uses_rejected=False, logp_norm="sum"),
 }
 

@@ -160,6 +160,3 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def set_threads(n: int | None) -> None:
-    if n and n > 0:
-        torch.set_num_threads(int(n))

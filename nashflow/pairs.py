@@ -34,15 +34,27 @@ class Pick:
 
 
 def sigmoid(x):
+    """The logistic function σ(x) = 1 / (1 + e^(−x)), elementwise, in float64."""
     return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+def bradley_terry_matrix(rewards) -> np.ndarray:
+    """The Bradley-Terry preference matrix of scalar rewards r (length K):
+
+        P[i][j] = σ(r_i − r_j) = 1 / (1 + exp(−(r_i − r_j)))
+
+    so P + Pᵀ = 1 and P[i][i] = ½. Used wherever scalar scores become preferences: reward
+    scorers, PairRM's aggregated scores (SPPO's ``compute_prob.py``), the pair builders.
+    """
+    r = np.asarray(rewards, dtype=np.float64)
+    return sigmoid(r[:, None] - r[None, :])
 
 
 def preference_matrix(group: pd.DataFrame) -> np.ndarray:
     """P[i][j] = P(sample i ≻ sample j): the scorer's matrix if present, else σ(r_i − r_j)."""
     if "preference" in group.columns and group["preference"].iloc[0] is not None:
         return np.array([list(row) for row in group["preference"].iloc[0]], dtype=np.float64)
-    r = group["reward"].to_numpy(dtype=np.float64)
-    return sigmoid(r[:, None] - r[None, :])
+    return bradley_terry_matrix(group["reward"].to_numpy(dtype=np.float64))
 
 
 def score_matrix(group: pd.DataFrame) -> np.ndarray:

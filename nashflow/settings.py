@@ -12,8 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from nashflow.errors import ConfigError
 from nashflow.methods import loss_spec
-from nashflow.scorers import ComponentConfig, ScorerConfig  # noqa: F401  (the scorer's config, with its registry)
 
 if TYPE_CHECKING:
     from nashflow.sources import Source
@@ -197,6 +199,89 @@ class LossConfig:
     def spec(self):
         """What the loss needs (:class:`nashflow.methods.LossSpec`)."""
         return loss_spec(self.name)
+
+
+@dataclass(frozen=True)
+class ComponentConfig:
+    """One scorer of ``scorer.components``: its type (nashflow.scorers.SCORERS), weight, name, args."""
+
+    type: str
+    weight: float | list[float] = 1.0
+    name: str | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+    normalize: dict[str, Any] | None = None  # {mean: μ, std: σ}, numbers or one per head
+
+    @property
+    def label(self) -> str:
+        return self.name or self.type
+
+    @property
+    def kind(self) -> str:
+        from nashflow.scorers import SCORERS
+
+        if SCORERS[self.type].kind == "preference":
+            return "preference"
+        return "objectives" if self.args.get("heads") else "reward"
+
+    @property
+    def objectives(self) -> list[str]:
+        heads = self.args.get("heads")
+        return list(heads) if heads else [self.label]
+
+    def vector(self, key: str, value) -> np.ndarray:
+        n = len(self.objectives)
+        v = np.atleast_1d(np.asarray(value, dtype=np.float64))
+        if len(v) not in (1, n):
+            raise ConfigError(f"scorer component '{self.label}': {key} has {len(v)} values for {n} objectives")
+        return np.broadcast_to(v, (n,)).copy()
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    """Scorer components, minus ``missing_eos_penalty`` for truncated responses (rewards only)."""
+
+    components: tuple[ComponentConfig, ...] = (ComponentConfig("sentiment"),)
+    missing_eos_penalty: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ScorerConfig":
+        from nashflow.scorers import check_args
+
+        comps = tuple(ComponentConfig(**c) for c in d.get("components", [{"type": "sentiment"}]))
+        if not comps:
+            raise ConfigError("scorer.components must list at least one scorer")
+        for n, c in enumerate(comps):
+            key = f"scorer.components[{n}]"
+            check_args(c.type, c.args, key)
+            c.vector("weight", c.weight)
+            if c.normalize is not None:
+                if set(c.normalize) != {"mean", "std"}:
+                    raise ConfigError(f"{key}.normalize needs exactly the keys mean and std")
+                if (c.vector("normalize.std", c.normalize["std"]) <= 0).any():
+                    raise ConfigError(f"{key}.normalize.std must be > 0")
+        labels = [o for c in comps for o in c.objectives]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"scorer.components: objective names must be unique, got {labels}; set 'name'")
+        if any(c.kind == "preference" for c in comps):
+            if len(comps) > 1:
+                raise ConfigError("scorer.components: a preference scorer (judge, gpm, pairrm) must be the only "
+                                  "component; its K×K matrix cannot be summed with rewards")
+            if d.get("missing_eos_penalty"):
+                raise ConfigError("scorer.missing_eos_penalty applies to rewards, not to a preference scorer")
+        return cls(components=comps, missing_eos_penalty=float(d.get("missing_eos_penalty", 0.0)))
+
+    @property
+    def kind(self) -> str:
+        return "preference" if self.components[0].kind == "preference" else "reward"
+
+    def objective_names(self) -> list[str]:
+        return [o for c in self.components for o in c.objectives]
+
+    def uses_base_model(self) -> bool:
+        """Whether a component reads the workflow's base model (``model: base``), a DAG input then."""
+        from nashflow.scorers import uses_base_model
+
+        return any(uses_base_model(c.type, c.args) for c in self.components)
 
 
 # Builders: a config section (or a job's settings, see nashflow.plan) to its dataclass.

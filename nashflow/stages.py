@@ -17,7 +17,6 @@ import pandas as pd
 from nashflow.data import iteration_prompts, prompt_table, shard_rows, split_prompts
 from nashflow.evaluate import base_metrics, iteration_metrics
 from nashflow.io import checkpoint_name, provenance, read_table, write_json, write_table
-from nashflow.models import load_for_stage, load_tokenizer, set_threads
 from nashflow.seeding import derive_seed
 from nashflow.settings import (
     base_model_config,
@@ -68,7 +67,9 @@ def generate(s: dict, *, iteration: int, shard: int, model_dir: str, pool_path: 
     the reference per prompt. MOODPO (``moodpo`` set): prompts conditioned on sampled weights.
     """
     from nashflow.generate import generate_table, policy_and_mixture
+    from nashflow.models import load_for_stage, load_tokenizer
     from nashflow.moodpo import condition_table, sample_weights, with_prompt_columns
+    from nashflow.torchutil import set_threads
 
     set_threads(threads)
     prompts = iteration_prompts(read_table(pool_path), iteration, shard, s["shards"], s["prompts_per_iteration"])
@@ -107,6 +108,7 @@ def score(s: dict, *, samples_path: str, out: str, base_model_dir: str | None = 
     before any sample is scored.
     """
     from nashflow.scorers import CompositeScorer
+    from nashflow.torchutil import set_threads
 
     set_threads(threads)
     samples = read_table(samples_path)
@@ -134,6 +136,8 @@ def logps(s: dict, *, pairs_path: str, shard: int, model_dir: str, out: str, thr
     """Summed response log-probs and token counts of chosen/rejected under one checkpoint;
     with ``per_token`` (Nash-MD) also the per-token log-probs of the chosen (policy) response."""
     from nashflow.logps import encode_pairs, sequence_logps
+    from nashflow.models import load_for_stage, load_tokenizer
+    from nashflow.torchutil import set_threads
 
     set_threads(threads)
     pairs_df = shard_rows(read_table(pairs_path), shard, s["shards"])
@@ -190,8 +194,10 @@ def eval_generate(s: dict, *, model_dir: str, eval_prompts: str, out: str, threa
     judges them against the base model's and the previous iterate's.
     """
     from nashflow.generate import generate_table
+    from nashflow.models import load_for_stage, load_tokenizer
     from nashflow.moodpo import condition_table, simplex_grid, with_prompt_columns
     from nashflow.scorers import CompositeScorer
+    from nashflow.torchutil import set_threads
 
     set_threads(threads)
     prompts = read_table(eval_prompts)
@@ -223,6 +229,7 @@ def eval_generate(s: dict, *, model_dir: str, eval_prompts: str, out: str, threa
 def eval_metrics(s: dict, *, iteration: int, current: str, base: str, previous: str, out: str,
                  base_model_dir: str | None = None, threads: int | None = None) -> None:
     """Held-out metrics of iterate t; a preference scorer judges current vs base and vs previous here."""
+    from nashflow.torchutil import set_threads
     cur = read_table(current)
     if iteration == 0:
         m = base_metrics(cur)
@@ -241,29 +248,5 @@ def eval_metrics(s: dict, *, iteration: int, current: str, base: str, previous: 
     write_json(m, out)
 
 
-def report(cfg: dict, **files) -> None:
-    """One run's report (:func:`nashflow.summaries.run_report`)."""
-    from nashflow.summaries import run_report
-
-    run_report(cfg, **files)
-
-
-def export_answers(*, responses: str, out_alpaca: str, out_mt_bench: str) -> None:
-    """Held-out responses in AlpacaEval's and MT-Bench's answer formats."""
-    from nashflow.export import write_alpaca_eval, write_mt_bench
-
-    df = read_table(responses)
-    model_id = df["generator"].iloc[0] if len(df) else "unknown"
-    write_alpaca_eval(df, model_id, out_alpaca)
-    write_mt_bench(df, model_id, out_mt_bench)
-
-
-def compare(cfg: dict, **kwargs) -> None:
-    """The comparison of runs (:func:`nashflow.summaries.compare_runs`)."""
-    from nashflow.summaries import compare_runs
-
-    compare_runs(cfg, **kwargs)
-
-
 __all__ = ["prepare_model", "split", "import_initial", "generate", "score", "pairs", "logps", "train",
-           "eval_generate", "eval_metrics", "report", "export_answers", "compare"]
+           "eval_generate", "eval_metrics"]

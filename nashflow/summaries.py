@@ -86,9 +86,9 @@ def compare_runs(cfg: dict, *, files: dict[str, dict[str, list[str]]], out: dict
     scfg = scorer_config(cfg)
     comp = None
     if scfg.kind == "preference":
-        from nashflow.models import set_threads
         from nashflow.precision import stage_compute
         from nashflow.scorers import CompositeScorer
+        from nashflow.torchutil import set_threads
 
         set_threads(threads)
         comp = CompositeScorer(scfg, base_model_dir=base_model_dir, compute=stage_compute(cfg, "scoring")).compare

@@ -3,6 +3,18 @@
 from __future__ import annotations
 
 import functools
+import os
+import sys
+
+
+def set_threads(n: int | None) -> None:
+    """torch's intra-op threads for this job: set at once where torch is loaded, else through
+    ``OMP_NUM_THREADS``, which torch reads when it loads (a job that needs no model never imports it)."""
+    if n and n > 0:
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(int(n))
+        else:
+            os.environ["OMP_NUM_THREADS"] = str(int(n))
 
 
 def inference_mode(fn):

@@ -47,9 +47,9 @@ def job_pids(wd: Path, script: str) -> list[int]:
 
 def is_trainer(cmd: list[str]) -> bool:
     """The process that trains: the train job's own (one CPU process trains in the job, see
-    nashflow.launch.train_in_process), or `python -m nashflow.trainer ...` under accelerate's
+    nashflow.launch.train_in_process), or `python -m nashflow.training ...` under accelerate's
     launcher (not the launcher, whose arguments name it)."""
-    return (len(cmd) > 2 and cmd[1:3] == ["-m", "nashflow.trainer"]) or any(c.endswith(".train.py") for c in cmd)
+    return (len(cmd) > 2 and cmd[1:3] == ["-m", "nashflow.training"]) or any(c.endswith(".train.py") for c in cmd)
 
 
 def freeze_trainer_after_a_state(wd: Path, deadline: float) -> bool:

@@ -36,7 +36,7 @@ def what_accelerate_does(cmd: list[str]):
 def test_deepspeed_configs_launch_deepspeed_on_any_number_of_gpus(name, gpus):
     args, env, launched = what_accelerate_does(accelerate_command(gpus, "s.json", CONFIGS[name]))
     assert args.use_deepspeed and not args.multi_gpu and not args.use_fsdp
-    assert args.num_processes == gpus and args.module and args.training_script == "nashflow.trainer"
+    assert args.num_processes == gpus and args.module and args.training_script == "nashflow.training"
     assert env["ACCELERATE_USE_DEEPSPEED"] == "true"
     assert env["ACCELERATE_DEEPSPEED_ZERO_STAGE"] == name[-1]
     assert env["ACCELERATE_MIXED_PRECISION"] == "bf16"  # the yaml's when the caller gives none

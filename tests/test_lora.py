@@ -7,7 +7,8 @@ import torch
 from test_model_units import _pairs_table
 
 from nashflow.models import load_model
-from nashflow.trainer import LossConfig, TrainConfig, train
+from nashflow.settings import LossConfig, TrainConfig
+from nashflow.training import train
 
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
 
@@ -33,3 +34,15 @@ def test_adapters_train_and_the_merged_model_is_saved(tmp_path, tiny_model_dir, 
     assert not any("embed" in k or "norm" in k for k in changed)
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["lora"]["r"] == 4
+
+
+def test_the_model_dropout_is_off_and_the_adapters_keep_theirs(tiny_model_dir):
+    """As TRL's disable_dropout: the policy's own dropout is 0 in training; training.lora.dropout
+    reaches the adapters."""
+    from nashflow.training.trainer import prepare_policy
+
+    model = prepare_policy(str(tiny_model_dir), TrainConfig(lora={**LORA, "dropout": 0.3}), "sdpa")
+    dropouts = {name: m.p for name, m in model.named_modules() if isinstance(m, torch.nn.Dropout)}
+    adapters = {n: p for n, p in dropouts.items() if "lora_dropout" in n}
+    assert adapters and set(adapters.values()) == {0.3}
+    assert all(p == 0.0 for n, p in dropouts.items() if n not in adapters)

@@ -1,4 +1,4 @@
-"""Losses: every worked number of ALGORITHMS.md to 1e-5 relative, finiteness, gradient signs."""
+"""Losses: each "Worked numbers" section of docs/algorithms.md to 1e-5 relative, finiteness, gradient signs."""
 
 import math
 
@@ -74,7 +74,7 @@ def test_inpo_ipo_dpo_worked_examples():
                           ratio=1 / 3)
     assert inpo.item() == pytest.approx(60352.111111, rel=REL)
     ref_t = dict(ref_chosen_logps=t(-211.0), ref_rejected_logps=t(-258.0))
-    assert LOSSES["ipo"](**COMAL, **ref_t, eta=0.002).item() == pytest.approx(61009.0, rel=REL)
+    assert LOSSES["ipo"](**COMAL, **ref_t, eta=0.002, beta=0.1).item() == pytest.approx(61009.0, rel=REL)
     assert LOSSES["dpo"](**COMAL, **ref_t, beta=0.1).item() == pytest.approx(0.554355, rel=REL)
 
 
@@ -161,4 +161,39 @@ def test_nash_md_gradient_sign_follows_preference():
 def test_dpo_is_log2_at_zero_margin():
     z = torch.zeros(2)
     assert LOSSES["dpo"](policy_chosen_logps=z, policy_rejected_logps=z, ref_chosen_logps=z,
-                         ref_rejected_logps=z).allclose(torch.full((2,), math.log(2)))
+                         ref_rejected_logps=z, beta=0.1).allclose(torch.full((2,), math.log(2)))
+
+
+def test_every_loss_declares_its_needs():
+    """The torch-free specs (nashflow.methods.LOSS_SPECS, read at config time) describe the loss
+    functions: the same names, hyperparameters that are keyword parameters of the function, β a
+    parameter exactly where the spec says it enters the loss, per-token losses take token tensors."""
+    import inspect
+
+    from nashflow.methods import LOSS_SPECS
+
+    assert set(LOSS_SPECS) == set(LOSSES)
+    for name, spec in LOSS_SPECS.items():
+        params = inspect.signature(LOSSES[name]).parameters
+        assert set(spec.params) <= set(params), name
+        assert ("beta" in params) == (spec.uses_beta or name == "ipo"), name  # ipo: β is η's fallback
+        assert ("policy_token_logps" in params) == spec.per_token, name
+        assert ("policy_rejected_logps" in params) == spec.uses_rejected, name
+        tensors = {p for p in params if p.endswith(("_logps", "_target", "_prob", "_tokens")) or p == "mask"}
+        assert not (set(spec.params) & tensors), name
+
+
+def test_unknown_loss_hyperparameters_are_config_errors():
+    from conftest import REPO
+
+    from nashflow.config import validate_config
+    from nashflow.errors import ConfigError
+
+    schema = REPO / "config" / "schema.yaml"
+    with pytest.raises(ConfigError, match=r"config key 'algorithm.params.etta': not a hyperparameter of the mnpo "
+                                          r"loss \(its hyperparameters: eta, ratio, history_weights, max_history\)"):
+        validate_config({"algorithm": {"name": "mnpo", "params": {"etta": 0.5}}, "iterations": 3}, schema)
+    with pytest.raises(ConfigError, match="algorithm.params.eta': not a hyperparameter of the dpo loss"):
+        validate_config({"algorithm": {"name": "dpo", "params": {"eta": 0.5}}}, schema)
+    ok = validate_config({"algorithm": {"name": "inpo", "params": {"eta": 0.5}}, "iterations": 2}, schema)
+    assert ok["algorithm"]["params"] == {"eta": 0.5, "ratio": 0.3333333333}

@@ -1,15 +1,19 @@
 """Generation, log-probs and training on the tiny random model."""
 
+import logging
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from nashflow.batching import length_batches
 from nashflow.generate import SamplingConfig, encode_prompt, generate_samples
 from nashflow.io import read_provenance, read_table, write_table
-from nashflow.logps import encode_pair_side, length_batches, sequence_logps
-from nashflow.trainer import LossConfig, TrainConfig, train
+from nashflow.logps import encode_pair_side, sequence_logps
+from nashflow.settings import LossConfig, TrainConfig
+from nashflow.training import train
+from nashflow.training.batches import is_validation
 
 PROMPTS = pd.DataFrame({
     "prompt_id": ["a", "b", "c"],
@@ -166,7 +170,7 @@ def test_one_step_of_every_loss_changes_every_parameter(tmp_path, tiny_model_dir
     model, tok = tiny_model
     _pairs_table(tmp_path, tok, model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    settings = dict(LOSS_SETTINGS[loss])
+    settings = {"beta": 0.1, **LOSS_SETTINGS[loss]}
     _train(tmp_path, tiny_model_dir, LossConfig(name=loss, **settings), batch_size=6,
            history=1 if loss == "inpo" else 2)
     from nashflow.models import load_model
@@ -193,18 +197,112 @@ def test_training_run_metrics_and_provenance(tmp_path, tiny_model_dir, tiny_mode
     assert not list((tmp_path / "out").glob("*.bin")) and (tmp_path / "out" / "model.safetensors").exists()
 
 
-def test_best_validation_checkpoint_is_kept(tmp_path, tiny_model_dir, tiny_model):
+VAL_FRACTION = 0.34
+
+
+def _preference_pairs(folder, tok, model, validation):
+    """DPO pairs in ``folder``: four training pairs preferring "happy good day ..." to "sad bad" and
+    the ``validation`` pairs [(messages, chosen, rejected)] under ids the trainer puts in its
+    validation split; ``pairs.parquet`` holds all, ``train_pairs.parquet`` the training pairs alone,
+    ``ref.parquet`` their log-probs under ``model`` (the initial policy: step 0's DPO loss is log 2)."""
+    ids = [f"p{i}" for i in range(100)]
+    train_ids = [p for p in ids if not is_validation(p, VAL_FRACTION)][:4]
+    val_ids = [p for p in ids if is_validation(p, VAL_FRACTION)][: len(validation)]
+    sides = [(PROMPTS.messages[i % 3], "happy good day " * (i % 3 + 1), "sad bad") for i in range(4)] + validation
+    rows = [{"pair_id": pid, "prompt_id": f"q{i}", "messages": list(msgs), "chosen": chosen, "rejected": rejected,
+             "chosen_finish": "stop", "rejected_finish": "stop", "chosen_reward": 1.0, "rejected_reward": 0.0,
+             "pref_prob": 1.0, "chosen_target": 1.0, "rejected_target": 0.0, "generator": "base"}
+            for i, (pid, (msgs, chosen, rejected)) in enumerate(zip(train_ids + val_ids, sides))]
+    pairs = pd.DataFrame(rows)
+    write_table(pairs, folder / "pairs.parquet")
+    write_table(pairs[pairs.pair_id.isin(train_ids)], folder / "train_pairs.parquet")
+    enc = [encode_pair_side(tok, m, t, finished=True, max_length=96, max_prompt_length=64)
+           for side in ("chosen", "rejected") for m, t in zip(pairs.messages, pairs[side])]
+    sums, counts = sequence_logps(model, enc, tok.pad_token_id, progress=False)
+    n = len(pairs)
+    write_table(pd.DataFrame({"pair_id": pairs.pair_id, "model": "ref", "chosen_logp": sums[:n],
+                              "chosen_tokens": counts[:n], "rejected_logp": sums[n:], "rejected_tokens": counts[n:]}),
+                folder / "ref.parquet")
+
+
+def _train_dpo(folder, model_dir, *, epochs, lr, select_best=True, pairs="pairs.parquet", out="out"):
+    """DPO at a constant learning rate (a shorter run with the same seed is a prefix of a longer one,
+    bit for bit on a CPU): the metrics, the provenance and the saved weights."""
+    from safetensors.torch import load_file
+
+    train(policy_path=str(model_dir), pairs_path=str(folder / pairs), logps={"reference": [str(folder / "ref.parquet")]},
+          output_dir=str(folder / out), metrics_path=str(folder / f"{out}.csv"),
+          train_cfg=TrainConfig(learning_rate=lr, lr_scheduler="constant", batch_size=2, epochs=epochs, max_length=96,
+                                max_prompt_length=64, warmup_ratio=0.0, seed=0),
+          loss_cfg=LossConfig(name="dpo", beta=0.1, select_best=select_best, val_fraction=VAL_FRACTION),
+          progress=False)
+    return (pd.read_csv(folder / f"{out}.csv"), read_provenance(folder / out),
+            load_file(folder / out / "model.safetensors"))
+
+
+def _same_weights(saved, other):
+    """Whether two state dicts are equal, tensor by tensor, in the saved tensors' dtype."""
+    assert saved.keys() == other.keys()
+    return all(torch.equal(saved[k], other[k].to(saved[k].dtype)) for k in saved)
+
+
+def _initial_weights(model_dir):
+    from safetensors.torch import load_file
+
+    return load_file(model_dir / "model.safetensors")
+
+
+def test_best_validation_checkpoint_is_kept(tmp_path, tiny_model_dir, tiny_model, monkeypatch):
+    """With ``select_best`` the saved weights are the optimizer step's whose end-of-epoch
+    validation loss was lowest, not the last step's."""
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")  # the runs below are compared bit for bit
     model, tok = tiny_model
-    _pairs_table(tmp_path, tok, model)
-    _train(tmp_path, tiny_model_dir, LossConfig(name="dpo", beta=0.1, select_best=True, val_fraction=0.34),
-           batch_size=1, history=0, epochs=3)
-    metrics = pd.read_csv(tmp_path / "metrics.csv")
-    prov = read_provenance(tmp_path / "out")
+    # Validation: a copy of a training pair (its loss falls fast, then saturates) and a weak reversed
+    # preference (its loss keeps rising): the validation loss falls, then rises.
+    _preference_pairs(tmp_path, tok, model, [(PROMPTS.messages[1], "happy good day " * 2, "sad bad"),
+                                             (PROMPTS.messages[2], "sad", "happy")])
+    metrics, prov, saved = _train_dpo(tmp_path, tiny_model_dir, epochs=3, lr=1e-2)
     val = metrics.dropna(subset=["val_loss"])
-    assert len(val) == 3
-    if prov["best_step"]:
-        assert prov["best_val_loss"] == pytest.approx(val.val_loss.min(), rel=1e-6)
-        assert prov["best_step"] == int(val.step[val.val_loss.idxmin()])
+    assert len(val) == 3 and prov["steps"] == int(metrics.step.iloc[-1])
+    best = val.val_loss.idxmin()
+    assert prov["best_val_loss"] == pytest.approx(val.val_loss[best], rel=1e-6)
+    assert prov["best_step"] == int(val.step[best])
+    assert 0 < prov["best_step"] < prov["steps"], f"the data should make a middle epoch best: {val.val_loss.tolist()}"
+    assert prov["best_val_loss"] < np.log(2) - 0.05  # step 0 (policy = reference) is beaten clearly
+    initial = _initial_weights(tiny_model_dir)
+    assert all(not torch.equal(saved[k], initial[k].to(saved[k].dtype)) for k in saved), "initial policy saved"
+    # The weights at the best step and at the last: the same seeded training without a validation
+    # split, stopped after the best epoch and after the last (the same training losses, bit for bit).
+    m_best, _, at_best = _train_dpo(tmp_path, tiny_model_dir, epochs=int(val.epoch[best]), lr=1e-2,
+                                    select_best=False, pairs="train_pairs.parquet", out="to_best")
+    m_last, _, at_last = _train_dpo(tmp_path, tiny_model_dir, epochs=3, lr=1e-2, select_best=False,
+                                    pairs="train_pairs.parquet", out="to_last")
+    assert m_best.loss.tolist() == metrics.loss[: len(m_best)].tolist() and int(m_best.step.iloc[-1]) == prov["best_step"]
+    assert m_last.loss.tolist() == metrics.loss.tolist()
+    assert _same_weights(saved, at_best), "the saved weights are not the best step's"
+    assert not _same_weights(saved, at_last), "the saved weights are the last step's"
+
+
+def test_initial_policy_is_kept_when_no_epoch_beats_step_0(tmp_path, tiny_model_dir, tiny_model, caplog):
+    """With ``select_best``, when every epoch's validation loss is above step 0's, the saved weights
+    are the initial policy's, exactly, with a warning."""
+    model, tok = tiny_model
+    # Validation: two training pairs with chosen and rejected swapped; learning the training
+    # preference raises their loss.
+    _preference_pairs(tmp_path, tok, model, [(PROMPTS.messages[1], "sad bad", "happy good day " * 2),
+                                             (PROMPTS.messages[2], "sad bad", "happy good day " * 3)])
+    with caplog.at_level(logging.WARNING, logger="nashflow"):
+        metrics, prov, saved = _train_dpo(tmp_path, tiny_model_dir, epochs=2, lr=1e-3)
+    val = metrics.dropna(subset=["val_loss"])
+    assert len(val) == 2 and prov["steps"] == int(metrics.step.iloc[-1]) > 0
+    assert prov["best_step"] == 0
+    assert prov["best_val_loss"] == pytest.approx(np.log(2), abs=1e-4)  # step 0: the policy is the reference
+    assert (val.val_loss > prov["best_val_loss"] + 0.05).all(), val.val_loss.tolist()  # so the weights moved
+    initial = _initial_weights(tiny_model_dir)
+    assert all(saved[k].dtype == torch.float32 for k in saved)  # the default checkpoint dtype
+    assert _same_weights(saved, initial), "the saved weights are not the initial policy's"
+    assert any(r.levelno == logging.WARNING and "no epoch improved the validation loss" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_tables_are_atomic_and_carry_provenance(tmp_path):

@@ -94,7 +94,7 @@ def test_one_launcher_per_node_with_its_rank_and_the_rendezvous(monkeypatch, con
         assert (args.num_machines, args.num_processes, int(args.machine_rank)) == (2, 16, node)
         assert (args.main_process_ip, args.main_process_port, args.rdzv_backend) == ("10.0.0.7", 29542, "static")
         assert getattr(args, kind) and args.same_network
-        assert args.training_script == "nashflow.trainer" and args.training_script_args == ["--spec", "/shared/spec.json"]
+        assert args.training_script == "nashflow.training" and args.training_script_args == ["--spec", "/shared/spec.json"]
         if config == "zero3":
             assert args.deepspeed_multinode_launcher == "standard"  # torchrun per node, never pdsh
 
@@ -141,7 +141,7 @@ rule probe:
         cmd = launch.multinode_command(hosts, launch.train_gpus(resources), "unused.json",
                                        port=29500 + int(os.environ["SLURM_JOB_ID"]) % 2000,
                                        main_address=launch.node_address(hosts[0]))
-        cmd[-1] = cmd[-1].replace("nashflow.trainer --spec unused.json", "probe")
+        cmd[-1] = cmd[-1].replace("nashflow.training --spec unused.json", "probe")
         with open(output[0], "w") as out:
             subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=True,
                            env={**os.environ, "PYTHONPATH": os.getcwd()})

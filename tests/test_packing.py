@@ -9,17 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from nashflow.logps import (
-    build_packed,
-    can_pack,
-    encode_pair_side,
-    pack_rows,
-    packing_mode,
-    prompt_groups,
-    sequence_logps,
-    split_groups,
-)
-from nashflow.trainer import LossConfig, PairBatches, TrainConfig
+from nashflow.batching import build_packed, pack_rows, prompt_groups, split_groups
+from nashflow.logps import can_pack, encode_pair_side, packing_mode, sequence_logps
+from nashflow.settings import LossConfig, TrainConfig
+from nashflow.training import PairBatches
 
 PROMPTS = ["Write a happy note", "What is the weather like today in a small town? Tell me in detail please", "Hi"]
 RESPONSES = ["happy day", "a much longer response with many words in it to score and more words", "no",
@@ -145,9 +138,9 @@ def test_packing_mode_follows_the_attention_implementation():
 
 @pytest.mark.parametrize("loss,layout", [("dpo", "tree"), ("mle", "tree"), ("dpo", "flat")])
 def test_trainer_packed_loss_and_gradients_equal_padded(tiny_model_dir, monkeypatch, loss, layout):
-    from nashflow import trainer as T
     from nashflow.losses import get_loss
     from nashflow.models import load_model, load_tokenizer
+    from nashflow.training import batches as T
 
     tok = load_tokenizer(tiny_model_dir)
     rows = [{"pair_id": f"p{i}", "messages": [{"role": "user", "content": PROMPTS[i % 3]}],
@@ -156,7 +149,7 @@ def test_trainer_packed_loss_and_gradients_equal_padded(tiny_model_dir, monkeypa
              "ref_chosen_logp": -30.0 - i, "ref_chosen_tokens": 10, "ref_rejected_logp": -20.0, "ref_rejected_tokens": 5}
             for i in range(5)]
     data = PairBatches(pd.DataFrame(rows), tok, TrainConfig(max_length=48, max_prompt_length=24),
-                       LossConfig(name=loss), n_history=0)
+                       LossConfig(name=loss, beta=0.1), n_history=0)
     results = []
     for mode in (layout, None):
         monkeypatch.setattr(T, "packing_mode", lambda m, mode=mode: mode)
@@ -219,13 +212,17 @@ def test_sampler_draws_from_the_filtered_softmax(temperature, top_k, top_p):
 def test_log_probs_through_a_ddp_wrapper_equal_the_bare_model(tiny_model, tmp_path):
     """The trainer's forward goes through the wrapper (real DDP here, one gloo process): packed and
     padded log-probs and their gradients equal the bare model's."""
+    import gc
+
     import torch.distributed as dist
 
-    from nashflow.logps import collate, packed_batches, packed_logps, token_logps
+    from nashflow.batching import collate, packed_batches
+    from nashflow.logps import packed_logps, token_logps
 
     model, tok = tiny_model
     enc = _encoded(tok)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    ddp = None
     try:
         ddp = torch.nn.parallel.DistributedDataParallel(model)
         assert can_pack(ddp)
@@ -243,4 +240,8 @@ def test_log_probs_through_a_ddp_wrapper_equal_the_bare_model(tiny_model, tmp_pa
             torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
         torch.testing.assert_close(got[0][0].sum(), got[0][1].sum(), atol=1e-3, rtol=0)  # packed = padded
     finally:
+        # DDP's reducer before the group: freed after it, the reducer would destroy the gloo group
+        # while holding the GIL that the group's worker thread needs to exit (a deadlock)
+        del ddp
+        gc.collect()
         dist.destroy_process_group()

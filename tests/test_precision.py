@@ -120,7 +120,8 @@ def test_bf16_reference_and_first_training_step_agree(tmp_path, tiny_model_dir, 
     saved iterate has the configured checkpoint dtype."""
     from accelerate.state import AcceleratorState
 
-    from nashflow.trainer import LossConfig, TrainConfig, train
+    from nashflow.settings import LossConfig, TrainConfig
+    from nashflow.training import train
 
     tok = load_tokenizer(tiny_model_dir)
     ref, chosen = load_for_stage(tiny_model_dir, dict(SETTINGS, dtype="bfloat16"))

@@ -2,16 +2,19 @@
 offline by default, user code only from the config."""
 
 import inspect
+import json
 import os
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 import yaml
 from conftest import REPO
 
 from nashflow.config import validate_config
 from nashflow.errors import DataError
+from nashflow.io import read_provenance, read_table, write_table
 from nashflow.models import load_model
 from nashflow.scorers import SCORERS
 
@@ -56,10 +59,46 @@ def test_jobs_run_offline_unless_the_user_says_otherwise():
     assert out.stdout.strip() == "0"
 
 
-def test_user_code_comes_only_from_the_config():
-    """The score stage builds its scorer from the config's `scorer` section alone; a table that
-    names a function (as data or provenance) is never imported."""
+def _score_stage(cfg: dict, samples_path, out) -> None:
+    """The score stage as a workflow job runs it, with the settings the plan derives from the validated
+    ``cfg`` (the one call to adapt if the stage's signature changes)."""
     from nashflow import stages
+    from nashflow.plan import job_settings
 
-    src = inspect.getsource(stages.score)
-    assert "C.scorer_config(cfg)" in src and "read_provenance" not in src
+    stages.score(job_settings("score", cfg), samples_path=str(samples_path), out=str(out))
+
+
+def _scorer_config(*components: dict) -> dict:
+    return validate_config({"scorer": {"components": list(components)}}, REPO / "config" / "schema.yaml")
+
+
+def test_user_code_comes_only_from_the_config(tmp_path, monkeypatch):
+    """The score stage builds its scorer from the config's `scorer` section alone; a samples table
+    that names a Python scorer function (as data or in its provenance) is never imported."""
+    module, marker = "nashflow_test_untrusted_scorer", tmp_path / "imported"
+    (tmp_path / f"{module}.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('imported')\n\n\n"
+        "def boom(messages, response):\n    return 1.0e9\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # importable, were anything to import it
+    named = {"components": [{"type": "python", "args": {"function": f"{module}:boom"}, "weight": 1.0}]}
+    responses = ["one", "two words", "now three words", ""]
+    samples = pd.DataFrame({
+        "prompt_id": ["a", "a", "b", "b"], "messages": [[{"role": "user", "content": "Hi"}]] * 4,
+        "sample_index": [0, 1, 0, 1], "response": responses, "token_count": [1, 2, 3, 0],
+        "finish_reason": "stop", "seed": 0, "generator": "base",
+        "scorer": json.dumps(named), "function": f"{module}:boom"})  # named in the rows and the provenance
+    write_table(samples, tmp_path / "samples.parquet", {"scorer": named, "config": {"scorer": named}})
+    length = _scorer_config({"type": "length", "args": {"scale": 10}})
+    _score_stage(length, tmp_path / "samples.parquet", tmp_path / "scores.parquet")
+    assert not marker.exists() and module not in sys.modules
+    scores = read_table(tmp_path / "scores.parquet")
+    assert scores.reward.tolist() == pytest.approx([len(r.split()) / 10 for r in responses])  # the length scorer's
+    recorded = json.dumps(read_provenance(tmp_path / "scores.parquet")["config"])
+    assert '"length"' in recorded and module not in recorded and '"python"' not in recorded
+    # The control: named in the config, the same function is imported and scores.
+    try:
+        _score_stage(_scorer_config(*named["components"]), tmp_path / "samples.parquet", tmp_path / "control.parquet")
+        assert marker.exists() and module in sys.modules
+    finally:
+        sys.modules.pop(module, None)
+    assert read_table(tmp_path / "control.parquet").reward.tolist() == [1.0e9] * len(responses)

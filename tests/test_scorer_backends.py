@@ -113,7 +113,7 @@ def test_label_probability_follows_comal():
     assert label_probability(-0.1, -9.0, True, False) == (1.0, "only_a")
     assert label_probability(-9.0, -0.1, False, True) == (0.0, "only_b")
     assert label_probability(-9.0, -9.0, False, False) == (0.5, "neither")
-    # ALGORITHMS.md §5 worked example: candidate scores 0.696216 / 0.502492 / 0.301292.
+    # docs/algorithms.md, Worked numbers: COMAL: candidate scores 0.696216 / 0.502492 / 0.301292.
     lps = {(0, 1): (-0.1, -2.4), (1, 0): (-1.5, -0.25), (0, 2): (-0.7, -0.7), (2, 0): (-0.9, -0.5),
            (1, 2): (-0.2, -1.8), (2, 1): (-2.0, -0.15)}
     P = judge_matrix({k: label_probability(a, b, True, True)[0] for k, (a, b) in lps.items()}, 3)

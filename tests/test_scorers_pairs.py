@@ -92,7 +92,8 @@ def test_missing_scores_detected():
 
 
 def test_sppo_targets_worked_example():
-    # ALGORITHMS.md §2: PairRM scores s → w = 0, l = 4, chosen_probs 0.900250, p_win 0.711084, p_lose 0.266661
+    # docs/algorithms.md, Worked numbers: SPPO.
+    # PairRM scores s → w = 0, l = 4, chosen_probs 0.900250, p_win 0.711084, p_lose 0.266661
     s = samples([f"r{i}" for i in range(5)])
     pairs = build_pairs(s, _scores(s, [1.2, 0.3, -0.5, 0.8, -1.0]), "sppo")
     row = pairs.iloc[0]

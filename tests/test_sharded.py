@@ -30,7 +30,7 @@ from test_model_units import _pairs_table
 
 from nashflow.launch import launch_training
 from nashflow.models import load_model, load_tokenizer
-from nashflow.trainer import LossConfig, TrainConfig
+from nashflow.settings import LossConfig, TrainConfig
 
 pytestmark = pytest.mark.slow
 CONFIGS = REPO / "config" / "accelerate"

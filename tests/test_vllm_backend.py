@@ -199,8 +199,8 @@ def test_moodpo_evaluation_weights_share_one_engine(tiny_model, tiny_model_dir, 
                                       scorer={"components": [{"type": "length", "name": "long", "args": {"scale": 10}},
                                                              {"type": "sentiment", "name": "happy"}]}), SCHEMA)
     write_table(PROMPTS, tmp_path / "eval.parquet")
-    stages.eval_generate(job_settings("eval_generate", cfg), model_dir=str(tiny_model_dir), eval_prompts=str(tmp_path / "eval.parquet"),
-                         out=str(tmp_path / "responses.parquet"))
+    stages.eval_generate(job_settings("eval_generate", cfg), model_dir=str(tiny_model_dir),
+                         eval_prompts=str(tmp_path / "eval.parquet"), out=str(tmp_path / "responses.parquet"))
     df = read_table(tmp_path / "responses.parquet")
     assert record["engines"] == 1 and record["calls"] == [2, 2, 2]  # the 0.5-grid of 2 objectives: 3 weights
     assert sorted(df.sample_index.unique()) == [0, 1, 2] and len(df) == 6

@@ -10,20 +10,24 @@ A scorer has a ``name`` and a ``kind``:
 
 Scorers see the stored chat messages, never token ids of the policy, and apply their own
 template: a mismatch between the policy's and the scorer's chat format cannot pass silently.
-Model-backed scorers load once (in ``__init__``), check at start-up what they can check
-(template, label tokens) and score in length-sorted batches.
+Model-backed scorers load once (in ``__init__``, through :func:`load_scorer_model`), check at
+start-up what they can check (template, label tokens) and score in length-sorted batches.
+
+Importing ``nashflow.scorers`` does not import torch (the workflow reads the registry while it
+builds its DAG): model-backed scorers import torch (and ``nashflow.logps``) inside the methods
+that use them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
 from nashflow.errors import ConfigError, DataError
-from nashflow.messages import last_user_text  # noqa: F401  (scorers import it from here)
+from nashflow.pairs import bradley_terry_matrix
 
 BASE_MODEL_ALIAS = "base"
 
@@ -60,7 +64,7 @@ class Scorer:
         out = []
         for messages, responses in groups:
             r = np.asarray(self.score([messages] * len(responses), responses), dtype=np.float64)
-            out.append(PreferenceResult(P=1.0 / (1.0 + np.exp(-(r[:, None] - r[None, :]))), scores=r))
+            out.append(PreferenceResult(P=bradley_terry_matrix(r), scores=r))
         return out
 
     def compare(self, messages: Sequence[list[dict]], a: Sequence[str], b: Sequence[str]) -> np.ndarray:
@@ -130,11 +134,32 @@ def render_conversation(tok, messages: list[dict], response: str) -> str:
         raise
 
 
-def load_scorer_model(auto_class, path: str, *, dtype: str | None, compute: dict | None, device: str | None,
-                      trust_remote_code: bool):
-    """A scorer's model and the device its inputs go to, with the scoring stage's ``compute``
-    settings (dtype, attention, placement on the job's GPUs: :func:`nashflow.models.load_for_stage`);
-    the component's own ``dtype`` wins. An explicit ``device`` puts the whole model there."""
+class ScorerModel(NamedTuple):
+    """A loaded model-backed scorer: its folder, tokenizer, model (eval mode) and the device its
+    inputs go to."""
+
+    path: str
+    tok: Any
+    model: Any
+    device: Any
+
+
+def load_scorer_model(auto_class: str, model: str, *, component: str, base_model_dir: str | None = None,
+                      dtype: str | None = None, compute: dict | None = None, device: str | None = None,
+                      trust_remote_code: bool = False, chat_template: bool = True) -> ScorerModel:
+    """What every model-backed scorer does first: resolve ``model`` (``base`` = the workflow's base
+    model), check that it is a local model folder, load its tokenizer (with a pad token), check its
+    chat template (unless ``chat_template`` is false: the scorer renders no chats), then load the
+    model as ``transformers.<auto_class>`` in eval mode with the scoring stage's ``compute``
+    settings (dtype, attention, placement on the job's GPUs: :func:`nashflow.models.load_for_stage`).
+    The component's own ``dtype`` wins; an explicit ``device`` puts the whole model there."""
+    path = resolve_model_path(model, base_model_dir, component)
+    check_model_dir(path, component)
+    tok = load_scorer_tokenizer(path, component, trust_remote_code=trust_remote_code)
+    if chat_template:
+        check_chat_template(tok, component, path)
+    import transformers
+
     from nashflow.models import load_for_stage
     from nashflow.precision import DEFAULT_COMPUTE
     from nashflow.torchutil import input_device
@@ -142,9 +167,9 @@ def load_scorer_model(auto_class, path: str, *, dtype: str | None, compute: dict
     settings = dict(compute or DEFAULT_COMPUTE)
     if dtype:
         settings["dtype"] = dtype
-    model, _ = load_for_stage(path, settings, trust_remote_code=trust_remote_code, auto_class=auto_class,
-                              device=device)
-    return model, input_device(model)
+    net, _ = load_for_stage(path, settings, trust_remote_code=trust_remote_code,
+                            auto_class=getattr(transformers, auto_class), device=device)
+    return ScorerModel(path, tok, net, input_device(net))
 
 
 def scorer_device(device: str | None) -> str:

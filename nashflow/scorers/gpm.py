@@ -19,23 +19,18 @@ optionally ``prompt_head.weight`` [k, hidden].
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
+from nashflow.batching import length_batches
 from nashflow.errors import DataError
-from nashflow.logps import length_batches
-from nashflow.scorers.base import (
-    PreferenceResult,
-    Scorer,
-    check_chat_template,
-    check_model_dir,
-    load_scorer_model,
-    load_scorer_tokenizer,
-    render_conversation,
-    resolve_model_path,
-)
+from nashflow.pairs import sigmoid
+from nashflow.scorers.base import PreferenceResult, Scorer, load_scorer_model, render_conversation
 from nashflow.torchutil import inference_mode
+
+if TYPE_CHECKING:
+    import torch
 
 HEAD_FILE = "gpm_head.safetensors"
 
@@ -74,19 +69,16 @@ class GPMScorer(Scorer):
                  max_length: int = 4096, dtype: str | None = None, device: str | None = None,
                  trust_remote_code: bool = False, base_model_dir: str | None = None, component: str = "gpm",
                  compute: dict | None = None):
+        import torch
+
         if tau <= 0:
             raise DataError(f"scorer '{component}': tau must be > 0")
         self.component, self.tau = component, float(tau)
         self.batch_size, self.max_tokens, self.max_length = int(batch_size), int(max_tokens), int(max_length)
-        self.path = resolve_model_path(model, base_model_dir, component)
+        self.path, self.tok, self.backbone, self.device = load_scorer_model(
+            "AutoModel", model, component=component, base_model_dir=base_model_dir, dtype=dtype, compute=compute,
+            device=device, trust_remote_code=trust_remote_code)
         self.model_paths = (self.path,)
-        check_model_dir(self.path, component)
-        self.tok = load_scorer_tokenizer(self.path, component, trust_remote_code=trust_remote_code)
-        check_chat_template(self.tok, component, self.path)
-        from transformers import AutoModel
-
-        self.backbone, self.device = load_scorer_model(AutoModel, self.path, dtype=dtype, compute=compute,
-                                                       device=device, trust_remote_code=trust_remote_code)
         heads = _find_heads(Path(self.path))
         self.value_head = heads["value_head.weight"].to(self.device, torch.float32)
         self.prompt_head = heads.get("prompt_head.weight")
@@ -100,6 +92,8 @@ class GPMScorer(Scorer):
     @inference_mode
     def _hidden(self, seqs: list[list[int]]) -> torch.Tensor:
         """Last-layer hidden state at the last token of every sequence (right padding)."""
+        import torch
+
         out = torch.zeros((len(seqs), self.value_head.shape[1]), device=self.device)
         for idx in length_batches([len(s) for s in seqs], self.max_tokens, self.batch_size):
             lens = torch.tensor([len(seqs[i]) for i in idx])
@@ -118,6 +112,8 @@ class GPMScorer(Scorer):
 
     def embed(self, groups) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """Per prompt: (v [K, 2k] L2-normalised, λ [k] or None); all groups' sequences in shared batches."""
+        import torch
+
         seqs = [self._encode(list(m), r) for m, resp in groups for r in resp]
         v_all = torch.nn.functional.normalize(self._hidden(seqs) @ self.value_head.T, dim=-1)
         lam_all = None
@@ -136,5 +132,5 @@ class GPMScorer(Scorer):
         out = []
         for v, lam in self.embed(groups):
             T = gpm_table(v.double(), self.tau, None if lam is None else lam.double()).cpu().numpy()
-            out.append(PreferenceResult(P=1.0 / (1.0 + np.exp(-np.clip(T - T.T, -700, 700))), table=T))
+            out.append(PreferenceResult(P=sigmoid(np.clip(T - T.T, -700, 700)), table=T))
         return out

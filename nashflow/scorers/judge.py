@@ -23,22 +23,13 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
+from nashflow.batching import length_batches
 from nashflow.errors import ConfigError, DataError
-from nashflow.logps import _split_head, length_batches
-from nashflow.pairs import judge_matrix
-from nashflow.scorers.base import (
-    PreferenceResult,
-    Scorer,
-    check_chat_template,
-    check_model_dir,
-    last_user_text,
-    load_scorer_model,
-    load_scorer_tokenizer,
-    resolve_model_path,
-)
+from nashflow.messages import last_user_text
+from nashflow.pairs import judge_matrix, sigmoid
+from nashflow.scorers.base import PreferenceResult, Scorer, load_scorer_model
 from nashflow.torchutil import inference_mode
 
 log = logging.getLogger(__name__)
@@ -62,7 +53,7 @@ def load_template(path: str | None) -> str:
 def label_probability(lp_a: float, lp_b: float, a_in_top: bool, b_in_top: bool) -> tuple[float, str]:
     """P(first output wins) from the label log-probs, with COMAL's fallbacks; also which case applied."""
     if a_in_top and b_in_top:
-        return float(1.0 / (1.0 + np.exp(lp_b - lp_a))), "both"
+        return float(sigmoid(lp_a - lp_b)), "both"
     if a_in_top:
         return 1.0, "only_a"
     if b_in_top:
@@ -86,15 +77,10 @@ class JudgeScorer(Scorer):
         self.component, self.answer_prefix, self.labels = component, answer_prefix, tuple(labels)
         self.top_logprobs, self.max_output_tokens = top_logprobs, int(max_output_tokens)
         self.batch_size, self.max_tokens, self.prefix_cache = int(batch_size), int(max_tokens), bool(prefix_cache)
-        self.path = resolve_model_path(model, base_model_dir, component)
+        self.path, self.tok, self.model, self.device = load_scorer_model(
+            "AutoModelForCausalLM", model, component=component, base_model_dir=base_model_dir, dtype=dtype,
+            compute=compute, device=device, trust_remote_code=trust_remote_code)
         self.model_paths = (self.path,)
-        check_model_dir(self.path, component)
-        self.tok = load_scorer_tokenizer(self.path, component, trust_remote_code=trust_remote_code)
-        check_chat_template(self.tok, component, self.path)
-        from transformers import AutoModelForCausalLM
-
-        self.model, self.device = load_scorer_model(AutoModelForCausalLM, self.path, dtype=dtype, compute=compute,
-                                                    device=device, trust_remote_code=trust_remote_code)
         self.fallbacks: Counter = Counter()
         self.tokens_read = 0  # context tokens forwarded (throughput reports)
         # Start-up check: the two labels must be distinct next tokens after the answer prefix.
@@ -136,7 +122,11 @@ class JudgeScorer(Scorer):
         With ``prefix_cache`` the contexts' longest common prefix (template head + instruction,
         shared by all K(K−1) queries of a prompt) runs once and its KV cache is reused.
         """
-        split = _split_head(self.model)
+        import torch
+
+        from nashflow.logps import split_head
+
+        split = split_head(self.model)
         common = 0
         if self.prefix_cache and split is not None and len(contexts) > 1:
             first, shortest = contexts[0], min(len(c) for c in contexts)
@@ -175,6 +165,8 @@ class JudgeScorer(Scorer):
     def first_wins(self, queries: Sequence[tuple[str, str, str]], progress: bool = False) -> np.ndarray:
         """p(first output wins) for each (instruction, output_a, output_b); queries sharing an
         instruction share one prefix computation."""
+        import torch
+
         enc = [self.encode_query(*q) for q in queries]
         self.tokens_read += sum(len(e[0]) for e in enc)
         out = np.zeros(len(enc), dtype=np.float64)

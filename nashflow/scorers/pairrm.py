@@ -2,10 +2,10 @@
 
 PairRM compares every ordered pair of candidates; llm-blender aggregates the comparison logits
 C into per-candidate scores s_i = mean_j (C[i][j] − C[j][i]) (``rank(..., return_scores=True)``).
-SPPO then sets P[i][j] = σ(s_i − s_j) (``compute_prob.py``), which is what this scorer returns,
-with s as the per-candidate score. PairRM reads the prompt as text: the plain user message
-(``prompt_format: text``) or, as SPPO does, the prompt rendered with a chat template
-(``prompt_format: chat``, the template of ``template_model``).
+SPPO then sets P[i][j] = σ(s_i − s_j) (``compute_prob.py``; :func:`nashflow.pairs.bradley_terry_matrix`),
+which is what this scorer returns, with s as the per-candidate score. PairRM reads the prompt as
+text: the plain user message (``prompt_format: text``) or, as SPPO does, the prompt rendered with
+a chat template (``prompt_format: chat``, the template of ``template_model``).
 """
 
 from __future__ import annotations
@@ -13,13 +13,9 @@ from __future__ import annotations
 import numpy as np
 
 from nashflow.errors import ConfigError, DataError
-from nashflow.scorers.base import PreferenceResult, Scorer, last_user_text, resolve_model_path, scorer_device
-
-
-def scores_to_preferences(s: np.ndarray) -> np.ndarray:
-    """SPPO's P[i][j] = σ(s_i − s_j) from per-candidate scores (P[i][i] = ½)."""
-    s = np.asarray(s, dtype=np.float64)
-    return 1.0 / (1.0 + np.exp(-(s[:, None] - s[None, :])))
+from nashflow.messages import last_user_text
+from nashflow.pairs import bradley_terry_matrix
+from nashflow.scorers.base import PreferenceResult, Scorer, resolve_model_path, scorer_device
 
 
 class PairRMScorer(Scorer):
@@ -58,4 +54,4 @@ class PairRMScorer(Scorer):
         prompts = [self._prompt(list(m)) for m, _ in groups]
         cands = [list(r) for _, r in groups]
         scores = self.blender.rank(prompts, cands, return_scores=True, batch_size=self.batch_size)
-        return [PreferenceResult(P=scores_to_preferences(s), scores=np.asarray(s, dtype=np.float64)) for s in scores]
+        return [PreferenceResult(P=bradley_terry_matrix(s), scores=np.asarray(s, dtype=np.float64)) for s in scores]

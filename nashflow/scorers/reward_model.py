@@ -14,21 +14,12 @@ import logging
 from typing import Sequence
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
+from nashflow.batching import length_batches
 from nashflow.errors import ConfigError, DataError
-from nashflow.logps import length_batches
-from nashflow.scorers.base import (
-    Scorer,
-    check_chat_template,
-    check_model_dir,
-    last_user_text,
-    load_scorer_model,
-    load_scorer_tokenizer,
-    render_conversation,
-    resolve_model_path,
-)
+from nashflow.messages import last_user_text
+from nashflow.scorers.base import Scorer, load_scorer_model, render_conversation
 from nashflow.torchutil import inference_mode
 
 log = logging.getLogger(__name__)
@@ -47,8 +38,6 @@ class RewardModelScorer(Scorer):
                  compute: dict | None = None):
         self.validate_args(input_format=input_format, output=output, heads=heads)
         self.component = component
-        self.path = resolve_model_path(model, base_model_dir, component)
-        self.model_paths = (self.path,)
         self.input_format, self.output = input_format, output
         self.batch_size, self.max_tokens, self.max_length = int(batch_size), int(max_tokens), int(max_length)
         if heads:
@@ -57,15 +46,11 @@ class RewardModelScorer(Scorer):
             self.objectives = list(self.head_index)
         else:
             self.head_index = {component: int(head)}
-        check_model_dir(self.path, component)
-        self.tok = load_scorer_tokenizer(self.path, component, trust_remote_code=trust_remote_code)
-        if input_format == "chat":
-            check_chat_template(self.tok, component, self.path)
-        from transformers import AutoModelForSequenceClassification
-
-        self.model, self.device = load_scorer_model(AutoModelForSequenceClassification, self.path, dtype=dtype,
-                                                    compute=compute, device=device,
-                                                    trust_remote_code=trust_remote_code)
+        self.path, self.tok, self.model, self.device = load_scorer_model(
+            "AutoModelForSequenceClassification", model, component=component, base_model_dir=base_model_dir,
+            dtype=dtype, compute=compute, device=device, trust_remote_code=trust_remote_code,
+            chat_template=input_format == "chat")
+        self.model_paths = (self.path,)
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tok.pad_token_id
         n_out = int(getattr(self.model.config, "num_labels", 1))
@@ -95,6 +80,8 @@ class RewardModelScorer(Scorer):
     @inference_mode
     def raw_scores(self, encoded: list[list[int]], progress: bool = False) -> np.ndarray:
         """[N, outputs] model outputs, computed in length-sorted right-padded batches."""
+        import torch
+
         out: np.ndarray | None = None
         pad = self.tok.pad_token_id
         batches = length_batches([len(e) for e in encoded], self.max_tokens, self.batch_size)
