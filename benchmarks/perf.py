@@ -11,7 +11,7 @@ Sections (``--sections``, default all):
   Also its share of the peak matmul FLOP/s measured in the same run (2·params·tokens).
 - ``generate``: the default iteration's sampling workload (48 default prompts x K = 4, 40 new
   tokens, temperature 0.8, top-p 0.95, 64 rows per batch): the transformers backend
-  (``nashflow.generate.generate_samples``) vs the batched ``model.generate`` loop it replaced
+  (``nashflow.generation.generate.generate_samples``) vs the batched ``model.generate`` loop it replaced
   (same batches, seeds and filter), the backend with bf16 weights (CPU), and vLLM's CPU build in its
   own environment when ``.venv-vllm`` exists (steady state, and with its engine start counted);
   generated tokens (up to the stop id) per second.
@@ -355,8 +355,8 @@ def generate_rows_batched(model, tok, prompts, cfg, *, seed: int) -> list[int]:
     import torch
     from transformers import LogitsProcessorList
 
-    from nashflow.generate import encode_prompts, stop_ids
-    from nashflow.sampling import NucleusFilter
+    from nashflow.generation.generate import encode_prompts, stop_ids
+    from nashflow.generation.sampling import NucleusFilter
     from nashflow.seeding import derive_seed
 
     encoded = encode_prompts(tok, prompts, cfg, None)
@@ -406,11 +406,11 @@ def bench_generate(args, model_dir: Path, *, n_prompts: int, k: int, max_new_tok
                    repeats: int) -> dict:
     """The default iteration's sampling workload (the default prompts, K samples, temperature 0.8,
     top-p 0.95): ``generate_samples`` vs the batched ``generate`` it replaced (same batches and
-    seeds; the draws differ, see nashflow/sampling.py), in fp32 and, on a CPU, bf16 weights; and vLLM."""
+    seeds; the draws differ, see nashflow/generation/sampling.py), in fp32 and, on a CPU, bf16 weights; and vLLM."""
     import torch
     from vllm_generate import workload
 
-    from nashflow.generate import generate_samples
+    from nashflow.generation.generate import generate_samples
     from nashflow.models import load_model, load_tokenizer
 
     tok = load_tokenizer(model_dir)

@@ -32,7 +32,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 def workload(n_prompts: int, k: int, max_new_tokens: int, batch_size: int):
     import pandas as pd
 
-    from nashflow.generate import SamplingConfig
+    from nashflow.generation.generate import SamplingConfig
 
     texts = [json.loads(line)["prompt"] for line in (REPO / "resources/prompts/default.jsonl").read_text().splitlines()]
     texts = (texts * (n_prompts // max(1, len(texts)) + 1))[:n_prompts]
@@ -45,8 +45,8 @@ def workload(n_prompts: int, k: int, max_new_tokens: int, batch_size: int):
 
 
 def run_vllm(args) -> dict:
+    from nashflow.generation.vllm_backend import _version, generate_vllm_sets
     from nashflow.models import load_tokenizer
-    from nashflow.vllm_backend import _version, generate_vllm_sets
 
     prompts, cfg = workload(args.prompts, args.k, args.max_new_tokens, args.batch_size)
     stats: dict = {}
@@ -62,7 +62,7 @@ def run_vllm(args) -> dict:
 def run_transformers(args) -> dict:
     from dataclasses import replace
 
-    from nashflow.generate import generate_samples
+    from nashflow.generation.generate import generate_samples
     from nashflow.models import load_model, load_tokenizer
 
     prompts, cfg = workload(args.prompts, args.k, args.max_new_tokens, args.batch_size)

@@ -15,10 +15,10 @@ from typing import Any
 import yaml
 
 from nashflow.errors import ConfigError
+from nashflow.generation.vllm_backend import check_reserved as check_vllm_reserved
+from nashflow.generation.vllm_backend import check_settings as check_vllm_settings
 from nashflow.methods import resolve_algorithm
 from nashflow.settings import Settings, settings
-from nashflow.vllm_backend import check_reserved as check_vllm_reserved
-from nashflow.vllm_backend import check_settings as check_vllm_settings
 
 
 def _fill_defaults(schema: dict, value: Any) -> Any:

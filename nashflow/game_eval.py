@@ -51,7 +51,7 @@ def action_distribution(model, tok, prompts: pd.DataFrame, actions: np.ndarray, 
     """``[p_0, …, p_{A−1}, p_none]`` of a model over the prompts (table with ``prompt_id``, ``messages``)."""
     import torch
 
-    from nashflow.generate import SamplingConfig, encode_prompts
+    from nashflow.generation.generate import SamplingConfig, encode_prompts
 
     scfg = SamplingConfig(samples_per_prompt=1, max_new_tokens=1, max_prompt_length=max_prompt_length)
     encoded = [ids for _, _, ids in encode_prompts(tok, prompts, scfg, None)]

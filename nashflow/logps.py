@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nashflow.batching import PackedBatch, build_packed, collate, length_batches, packed_batches, prompt_groups
-from nashflow.generate import encode_prompt
+from nashflow.generation.generate import encode_prompt
 from nashflow.torchutil import inference_mode, input_device, unwrap
 
 

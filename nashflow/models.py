@@ -32,7 +32,7 @@ def package_dir(name: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def _resolve_source(cfg: BaseModelConfig) -> tuple[Path, str | None]:
+def resolve_source(cfg: BaseModelConfig) -> tuple[Path, str | None]:
     if cfg.path:
         src = Path(cfg.path)
         if not src.is_dir():
@@ -54,7 +54,7 @@ def prepare_base_model(cfg: BaseModelConfig, out_dir: str | os.PathLike, seed: i
         from nashflow.tiny_policy import build_tiny_policy
 
         return build_tiny_policy(cfg.tiny, out_dir)
-    src, gguf = _resolve_source(cfg)
+    src, gguf = resolve_source(cfg)
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
     if gguf:
         kwargs["gguf_file"] = gguf

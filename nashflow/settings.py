@@ -118,7 +118,7 @@ class SamplingConfig:
     top_k: int = 0
     batch_size: int = 32
     max_prompt_length: int = 512
-    backend: str = "transformers"  # or vllm (nashflow.vllm_backend; optional extra, or .venv-vllm on a CPU)
+    backend: str = "transformers"  # or vllm (nashflow.generation.vllm_backend; optional extra, or .venv-vllm on a CPU)
     vllm: dict = field(default_factory=dict)  # vllm.EngineArgs fields (gpu_memory_utilization, dtype, ...)
 
     def __post_init__(self):

@@ -66,7 +66,7 @@ def generate(s: dict, *, iteration: int, shard: int, model_dir: str, pool_path: 
     Nash-MD (``mixture_coef`` set): one policy sample and one sample of the geometric mixture with
     the reference per prompt. MOODPO (``moodpo`` set): prompts conditioned on sampled weights.
     """
-    from nashflow.generate import generate_table, policy_and_mixture
+    from nashflow.generation.generate import generate_table, policy_and_mixture
     from nashflow.models import load_for_stage, load_tokenizer
     from nashflow.moodpo import condition_table, sample_weights, with_prompt_columns
     from nashflow.torchutil import set_threads
@@ -82,7 +82,7 @@ def generate(s: dict, *, iteration: int, shard: int, model_dir: str, pool_path: 
     seed = derive_seed(s["seed"], "generate", iteration, shard)
     parents, placed = {"generator": model_dir, "prompts": pool_path}, s["compute"]
     if scfg.backend == "vllm":  # config validation keeps the mixture sampler off this path
-        from nashflow.vllm_backend import vllm_tables
+        from nashflow.generation.vllm_backend import vllm_tables
 
         df = vllm_tables(model_dir, [prompts], scfg, seed=seed, gpus=gpus, compute=s["compute"])[0]
     else:
@@ -193,7 +193,7 @@ def eval_generate(s: dict, *, model_dir: str, eval_prompts: str, out: str, threa
     With a preference scorer the responses get no reward (``reward`` is NaN); ``eval_metrics``
     judges them against the base model's and the previous iterate's.
     """
-    from nashflow.generate import generate_table
+    from nashflow.generation.generate import generate_table
     from nashflow.models import load_for_stage, load_tokenizer
     from nashflow.moodpo import condition_table, simplex_grid, with_prompt_columns
     from nashflow.scorers import CompositeScorer
@@ -207,7 +207,7 @@ def eval_generate(s: dict, *, model_dir: str, eval_prompts: str, out: str, threa
     sets = [prompts] if not moodpo else [condition_table(prompts, [w] * len(prompts), moodpo)
                                          for w in simplex_grid(len(moodpo["objectives"]), moodpo["eval_grid_step"])]
     if scfg.backend == "vllm":  # one engine for every weight vector
-        from nashflow.vllm_backend import vllm_tables
+        from nashflow.generation.vllm_backend import vllm_tables
 
         tables = vllm_tables(model_dir, sets, scfg, seed=seed, gpus=gpus, compute=compute["sampling"])
     else:

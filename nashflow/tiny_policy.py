@@ -131,7 +131,7 @@ def fit_first_token(model, tok, target: np.ndarray, *, steps: int, seed: int, ba
     returns the last batch's KL(target ‖ model) in nats. Loss: ``−Σ_v target_v·log π(v | prompt)``."""
     import torch
 
-    from nashflow.generate import encode_prompt
+    from nashflow.generation.generate import encode_prompt
 
     rng = np.random.default_rng(seed)
     goal = torch.tensor(target, dtype=torch.float32)

@@ -51,9 +51,10 @@ def smollm2_shape(out: Path) -> None:
     """Config and tokenizer of the embedded default's model (its 94 MiB GGUF does not travel)."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from nashflow.models import BaseModelConfig, _resolve_source
+    from nashflow.models import resolve_source
+    from nashflow.settings import BaseModelConfig
 
-    src, gguf = _resolve_source(BaseModelConfig())
+    src, gguf = resolve_source(BaseModelConfig())
     tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
     cfg = AutoConfig.from_pretrained(src, gguf_file=gguf)
     if getattr(cfg, "quantization_config", None) is not None:

@@ -12,7 +12,7 @@ from conftest import REPO, snakemake, tiny_config, write_config
 
 from nashflow.config import validate_config
 from nashflow.errors import ConfigError, DataError
-from nashflow.generate import SamplingConfig, generate_samples
+from nashflow.generation.generate import SamplingConfig, generate_samples
 from nashflow.io import read_table, write_table
 from nashflow.models import BaseModelConfig, prepare_base_model
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nashflow.batching import length_batches
-from nashflow.generate import SamplingConfig, encode_prompt, generate_samples
+from nashflow.generation.generate import SamplingConfig, encode_prompt, generate_samples
 from nashflow.io import read_provenance, read_table, write_table
 from nashflow.logps import encode_pair_side, sequence_logps
 from nashflow.settings import LossConfig, TrainConfig
@@ -50,9 +50,9 @@ def test_greedy_generation_ignores_batching(tiny_model):
 def test_decoding_loop_is_generate_when_greedy(peaked_models):
     """One prefill per prompt, its cache repeated K times into reserved layers: greedy tokens equal
     transformers' ``generate`` on K left-padded copies of each prompt."""
-    from nashflow.decode import sample_tokens
-    from nashflow.generate import stop_ids
-    from nashflow.sampling import Sampler
+    from nashflow.generation.decode import sample_tokens
+    from nashflow.generation.generate import stop_ids
+    from nashflow.generation.sampling import Sampler
 
     model, _, tok = peaked_models
     prompts = [encode_prompt(tok, list(m)) for m in PROMPTS.messages]
@@ -70,9 +70,9 @@ def test_decoding_loop_is_generate_when_greedy(peaked_models):
 
 
 def test_decoding_loop_samples_are_seeded_and_rows_independent(tiny_model):
-    from nashflow.decode import sample_tokens
-    from nashflow.generate import stop_ids
-    from nashflow.sampling import Sampler
+    from nashflow.generation.decode import sample_tokens
+    from nashflow.generation.generate import stop_ids
+    from nashflow.generation.sampling import Sampler
 
     model, tok = tiny_model
     prompts = [encode_prompt(tok, list(m)) for m in PROMPTS.messages]
@@ -314,7 +314,7 @@ def test_tables_are_atomic_and_carry_provenance(tmp_path):
 
 
 def test_mixture_logprobs_worked_example():
-    from nashflow.decode import mixture_logprobs
+    from nashflow.generation.decode import mixture_logprobs
 
     out = mixture_logprobs(torch.tensor([2.0, 1.0, 0.0]), torch.tensor([0.0, 0.5, 1.0]), 0.5).exp()
     assert out.tolist() == pytest.approx([0.419229, 0.326496, 0.254275], rel=1e-5)

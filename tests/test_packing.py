@@ -169,7 +169,7 @@ def test_trainer_packed_loss_and_gradients_equal_padded(tiny_model_dir, monkeypa
 def test_nucleus_filter_keeps_what_transformers_top_p_keeps(top_p):
     from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-    from nashflow.sampling import NucleusFilter
+    from nashflow.generation.sampling import NucleusFilter
 
     g = torch.Generator().manual_seed(0)
     # peaked and flat rows; k starts small so the widening path runs too
@@ -194,7 +194,7 @@ def test_nucleus_filter_keeps_what_transformers_top_p_keeps(top_p):
 def test_sampler_draws_from_the_filtered_softmax(temperature, top_k, top_p):
     """The inverse-CDF draw (one uniform per row) has the distribution softmax(filtered scores):
     frequencies over 40,000 draws per row within 5 standard errors, nothing outside the filter."""
-    from nashflow.sampling import NucleusFilter, Sampler
+    from nashflow.generation.sampling import NucleusFilter, Sampler
 
     g = torch.Generator().manual_seed(1)
     logits = torch.randn(3, 12, generator=g) * torch.tensor([[0.5], [2.0], [4.0]])

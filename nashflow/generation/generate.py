@@ -1,7 +1,7 @@
 """Sampling responses with the transformers backend.
 
 Prompts are sorted by length and decoded in batches, so that left padding is minimal; the K
-samples of a prompt come from one prefill of it (``nashflow.decode``). Each batch is seeded from
+samples of a prompt come from one prefill of it (``nashflow.generation.decode``). Each batch is seeded from
 (seed, batch number): a re-run with the same config gives the same samples.
 """
 
@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nashflow.errors import DataError
-from nashflow.sampling import Sampler
+from nashflow.generation.sampling import Sampler
 from nashflow.seeding import derive_seed
 from nashflow.settings import SamplingConfig
 
@@ -84,9 +84,9 @@ def generate_samples(model, tokenizer, prompts: pd.DataFrame, cfg: SamplingConfi
 
     Prompts are sorted by length (longest first: memory peaks early, fails fast) and decoded
     ``batch_size // K`` prompts (at least one) at a time, each prompt's K samples from one prefill
-    (:func:`nashflow.decode.sample_tokens`); batch b is seeded with ``derive_seed(seed, b)``.
+    (:func:`nashflow.generation.decode.sample_tokens`); batch b is seeded with ``derive_seed(seed, b)``.
     """
-    from nashflow.decode import sample_tokens
+    from nashflow.generation.decode import sample_tokens
 
     context = getattr(model.config, "max_position_embeddings", None)
     encoded = encode_prompts(tokenizer, prompts, cfg, context)
