@@ -23,19 +23,30 @@ if TYPE_CHECKING:
     from nashflow.logps import Encoded
 
 
+def right_pad(seqs: Sequence[Sequence[int]], pad_id: int, device=None):
+    """``input_ids`` and ``attention_mask`` of token lists padded on the right to the longest, and
+    their lengths (the one padding of log-probs, training and model-backed scorers)."""
+    import torch
+
+    lens = torch.tensor([len(x) for x in seqs])
+    ids = torch.full((len(seqs), int(lens.max())), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for i, x in enumerate(seqs):
+        ids[i, : len(x)] = torch.tensor(x, dtype=torch.long)
+        attn[i, : len(x)] = 1
+    if device is not None:
+        ids, attn = ids.to(device), attn.to(device)
+    return ids, attn, lens
+
+
 def collate(encoded: Sequence[Encoded], pad_id: int, device=None):
     """Right-padded ``input_ids``, ``attention_mask`` and ``response_mask`` tensors."""
     import torch
 
-    width = max(len(e.input_ids) for e in encoded)
-    ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(encoded), width), dtype=torch.long)
-    resp = torch.zeros((len(encoded), width), dtype=torch.bool)
+    ids, attn, _ = right_pad([e.input_ids for e in encoded], pad_id)
+    resp = torch.zeros(ids.shape, dtype=torch.bool)
     for i, e in enumerate(encoded):
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        attn[i, :n] = 1
-        resp[i, e.response_start:n] = True
+        resp[i, e.response_start:len(e.input_ids)] = True
     if device is not None:
         ids, attn, resp = ids.to(device), attn.to(device), resp.to(device)
     return ids, attn, resp

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from nashflow.batching import length_batches
+from nashflow.batching import length_batches, right_pad
 from nashflow.errors import DataError
 from nashflow.pairs import sigmoid
 from nashflow.scorers.base import PreferenceResult, Scorer, load_scorer_model, render_conversation
@@ -96,13 +96,8 @@ class GPMScorer(Scorer):
 
         out = torch.zeros((len(seqs), self.value_head.shape[1]), device=self.device)
         for idx in length_batches([len(s) for s in seqs], self.max_tokens, self.batch_size):
-            lens = torch.tensor([len(seqs[i]) for i in idx])
-            ids = torch.full((len(idx), int(lens.max())), self.tok.pad_token_id, dtype=torch.long)
-            attn = torch.zeros_like(ids)
-            for row, i in enumerate(idx):
-                ids[row, : lens[row]] = torch.tensor(seqs[i])
-                attn[row, : lens[row]] = 1
-            h = self.backbone(input_ids=ids.to(self.device), attention_mask=attn.to(self.device)).last_hidden_state
+            ids, attn, lens = right_pad([seqs[i] for i in idx], self.tok.pad_token_id, self.device)
+            h = self.backbone(input_ids=ids, attention_mask=attn).last_hidden_state
             out[idx] = h[torch.arange(len(idx), device=h.device), (lens - 1).to(h.device)].float().to(self.device)
         return out
 

@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from nashflow.batching import length_batches
+from nashflow.batching import length_batches, right_pad
 from nashflow.errors import ConfigError, DataError
 from nashflow.messages import last_user_text
 from nashflow.pairs import judge_matrix, sigmoid
@@ -138,13 +138,7 @@ class JudgeScorer(Scorer):
                               use_cache=True).past_key_values
         suffixes = [c[common:] for c in contexts]
         for idx in length_batches([len(x) for x in suffixes], self.max_tokens, self.batch_size):
-            lens = torch.tensor([len(suffixes[i]) for i in idx])
-            ids = torch.full((len(idx), int(lens.max())), self.tok.pad_token_id, dtype=torch.long)
-            attn = torch.zeros_like(ids)
-            for row, i in enumerate(idx):
-                ids[row, : lens[row]] = torch.tensor(suffixes[i])
-                attn[row, : lens[row]] = 1
-            ids, attn = ids.to(self.device), attn.to(self.device)
+            ids, attn, lens = right_pad([suffixes[i] for i in idx], self.tok.pad_token_id, self.device)
             rows, last = torch.arange(len(idx), device=self.device), (lens - 1).to(self.device)
             if split is None:
                 logits = self.model(input_ids=ids, attention_mask=attn).logits  # on the last GPU of a split model

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from nashflow.batching import length_batches
+from nashflow.batching import length_batches, right_pad
 from nashflow.errors import ConfigError, DataError
 from nashflow.messages import last_user_text
 from nashflow.scorers.base import Scorer, load_scorer_model, render_conversation
@@ -80,20 +80,13 @@ class RewardModelScorer(Scorer):
     @inference_mode
     def raw_scores(self, encoded: list[list[int]], progress: bool = False) -> np.ndarray:
         """[N, outputs] model outputs, computed in length-sorted right-padded batches."""
-        import torch
 
         out: np.ndarray | None = None
-        pad = self.tok.pad_token_id
         batches = length_batches([len(e) for e in encoded], self.max_tokens, self.batch_size)
         bar = tqdm(total=len(encoded), desc=f"score {self.component}", unit="seq", disable=not progress, mininterval=5)
         for idx in batches:
-            width = max(len(encoded[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            attn = torch.zeros_like(ids)
-            for row, i in enumerate(idx):
-                ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
-                attn[row, : len(encoded[i])] = 1
-            res = self.model(input_ids=ids.to(self.device), attention_mask=attn.to(self.device))
+            ids, attn, _ = right_pad([encoded[i] for i in idx], self.tok.pad_token_id, self.device)
+            res = self.model(input_ids=ids, attention_mask=attn)
             use_score = self.output == "score" or (self.output == "auto" and getattr(res, "score", None) is not None)
             vals = (res.score if use_score else res.logits).float().reshape(len(idx), -1).cpu().numpy()
             if out is None:
