@@ -87,13 +87,21 @@ def _eval_metrics(cfg: dict) -> dict:
     return {"scorer": cfg["scorer"], "compute": stage_compute(cfg, "scoring")}
 
 
+def _game_eval(cfg: dict) -> dict:
+    """The matrix game (the scorer), the roles and regularisation of the method (``algorithm``), the
+    held-out prompt length, and the run's name for the plot."""
+    gen = cfg["generation"]
+    return {"scorer": cfg["scorer"], "algorithm": cfg["algorithm"], "evaluation": cfg["evaluation"],
+            "generation": {k: gen[k] for k in ("max_prompt_length", "backend", "vllm")}, "run": cfg["run"]}
+
+
 JOBS: dict[str, Callable[[dict], dict]] = {
     "prepare_model": _prepare_model, "split_prompts": _split_prompts, "import_initial": _import_initial,
     "generate": _generate, "score": _score, "build_pairs": _build_pairs, "logps": _logps, "train": _train,
-    "eval_generate": _eval_generate, "eval_metrics": _eval_metrics,
+    "eval_generate": _eval_generate, "eval_metrics": _eval_metrics, "game_eval": _game_eval,
 }
 #: jobs that judge held-out responses: they read the run's config with the top-level scorer
-EVALUATION = ("eval_generate", "eval_metrics")
+EVALUATION = ("eval_generate", "eval_metrics", "game_eval")
 
 
 def job_settings(stage: str, cfg: dict) -> dict:

@@ -14,7 +14,7 @@ if IS_GAME:
             plot=report("results/{run}/report/game.png", caption="../workflow/report/game.rst",
                         category="Runs", subcategory="{run}"),
         params:
-            settings=settings("eval_metrics"),
+            settings=settings("game_eval"),
         log:
             "logs/{run}/game_eval.log",
         benchmark:
