@@ -108,6 +108,9 @@ METHODS: dict[str, dict[str, Any]] = {
     "mle": {"loss": "mle", "pairs": "max_min", "reference": "base", "beta": 0.1, "logp_norm": "sum"},
 }
 
+#: what ``algorithm.reference`` may name: π_0, π_{t−1} or the anchor μ (see iteration_roles)
+REFERENCES = ("base", "previous", "anchor")
+
 DEFAULTS: dict[str, Any] = {
     "loss": None, "pairs": "max_min", "reference": "base", "history": 0, "history_weights": None,
     "history_includes_base": False, "anchor_every": 0, "select_best": False, "val_fraction": 0.1,
@@ -132,7 +135,7 @@ def resolve_algorithm(algo: dict[str, Any]) -> dict[str, Any]:
             out[key] = value
     out["name"] = name
     out["loss"] = out["loss"] or name
-    if out["reference"] not in ("base", "previous", "anchor"):
+    if out["reference"] not in REFERENCES:
         raise ValueError(f"algorithm.reference must be base, previous or anchor, got {out['reference']!r}")
     if out["history"] < 0 or out["anchor_every"] < 0:
         raise ValueError("algorithm.history and algorithm.anchor_every must be >= 0")

@@ -80,11 +80,10 @@ def test_schema_enums_match_the_registries():
             f"{what}: only in the schema {sorted(schema_values - code_values)}, "
             f"only in the code {sorted(code_values - schema_values)}")
 
-    # algorithm.reference: methods.py has no constant for it (resolve_algorithm checks a literal
-    # tuple, iteration_roles maps each value to a checkpoint), so check what the code does: every
-    # schema value resolves to a checkpoint, every preset's value is in the schema, and the code
-    # refuses a value outside it.
+    # algorithm.reference: the schema's values are methods.REFERENCES, each resolves to a checkpoint,
+    # every preset's value is one of them, and the code refuses any other.
     references = enum(algo["reference"], nullable=True)
+    assert references == set(methods.REFERENCES)
     for ref in references:
         algo_cfg = methods.resolve_algorithm({"name": "dpo", "reference": ref})
         assert isinstance(methods.iteration_roles(2, algo_cfg)["reference"], int)
