@@ -141,7 +141,6 @@ class PackedBatch:
     tokens: int  # real tokens in the rows (prompts counted once per group)
 
 
-
 def build_packed(encoded: Sequence[Encoded], rows: Sequence[Sequence[Sequence[int]]], pad_id: int,
                  device=None, flat: bool = False) -> PackedBatch:
     """Model inputs for packed rows; ``flat`` rows (groups of one sequence each) get no mask: the

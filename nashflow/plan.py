@@ -76,10 +76,14 @@ def _train(cfg: dict) -> dict:
             "compute": stage_compute(cfg, "training")}
 
 
+def _held_out_generation(cfg: dict) -> dict:
+    """What held-out sampling takes from ``generation`` (the rest is ``evaluation``'s)."""
+    return {k: cfg["generation"][k] for k in ("max_prompt_length", "backend", "vllm")}
+
+
 def _eval_generate(cfg: dict) -> dict:
-    gen = cfg["generation"]
     return {"evaluation": cfg["evaluation"], "scorer": cfg["scorer"], "moodpo": _moodpo(cfg),
-            "generation": {k: gen[k] for k in ("max_prompt_length", "backend", "vllm")},
+            "generation": _held_out_generation(cfg),
             "compute": {"sampling": stage_compute(cfg, "sampling"), "scoring": stage_compute(cfg, "scoring")}}
 
 
@@ -90,9 +94,8 @@ def _eval_metrics(cfg: dict) -> dict:
 def _game_eval(cfg: dict) -> dict:
     """The matrix game (the scorer), the roles and regularisation of the method (``algorithm``), the
     held-out prompt length, and the run's name for the plot."""
-    gen = cfg["generation"]
     return {"scorer": cfg["scorer"], "algorithm": cfg["algorithm"], "evaluation": cfg["evaluation"],
-            "generation": {k: gen[k] for k in ("max_prompt_length", "backend", "vllm")}, "run": cfg["run"]}
+            "generation": _held_out_generation(cfg), "run": cfg["run"]}
 
 
 JOBS: dict[str, Callable[[dict], dict]] = {
@@ -195,13 +198,18 @@ class Plan:
         return {"generator": name(roles["generator"]), "reference": name(roles["reference"]),
                 "history": [name(k) for k in roles["history"]]}
 
+    def run_files(self, run: str) -> dict[str, list[str]]:
+        """What a run's report reads: held-out responses and metrics (iteration 0 first), training
+        metrics and iterates."""
+        its = self.iterations(run)
+        return {"responses": [self.eval_responses(run, t) for t in [0] + its],
+                "metrics": [self.eval_metrics(run, t) for t in [0] + its],
+                "train_metrics": [f"results/{run}/iter{t}/train_metrics.csv" for t in its],
+                "models": [model_dir(run, t) for t in its]}
+
     def compare_files(self) -> dict[str, dict[str, list[str]]]:
-        """Per run: held-out responses and metrics (iteration 0 first), training metrics, iterates."""
-        return {r: {"responses": [self.eval_responses(r, t) for t in [0] + self.iterations(r)],
-                    "metrics": [self.eval_metrics(r, t) for t in [0] + self.iterations(r)],
-                    "train_metrics": [f"results/{r}/iter{t}/train_metrics.csv" for t in self.iterations(r)],
-                    "models": [model_dir(r, t) for t in self.iterations(r)]}
-                for r in self.runs}
+        """:meth:`run_files` of every run (the comparison reads them all)."""
+        return {r: self.run_files(r) for r in self.runs}
 
     def final_targets(self, *, game: bool) -> list[str]:
         """Each run's report, exports (answers, TRL pairs) and iterates (so that a deleted checkpoint

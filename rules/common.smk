@@ -10,7 +10,7 @@ from nashflow.config import validate_config
 from nashflow.data import load_prompts
 from nashflow.errors import NashflowError
 from nashflow.offline import check_initial
-from nashflow.plan import BASE_MODEL, Plan, ckpt_key, job_settings, model_dir
+from nashflow.plan import BASE_MODEL, Plan, job_settings, model_dir
 from nashflow.settings import initial_data_config, prompts_config, scorer_config
 from nashflow.sources import local_inputs
 
@@ -139,19 +139,19 @@ def get_eval_inputs(wildcards):
 
 
 def get_all_eval_metrics(wildcards):
-    return [PLAN.eval_metrics(wildcards.run, t) for t in [0] + PLAN.iterations(wildcards.run)]
+    return PLAN.run_files(wildcards.run)["metrics"]
 
 
 def get_all_eval_responses(wildcards):
-    return [PLAN.eval_responses(wildcards.run, t) for t in [0] + PLAN.iterations(wildcards.run)]
+    return PLAN.run_files(wildcards.run)["responses"]
 
 
 def get_all_train_metrics(wildcards):
-    return [f"results/{wildcards.run}/iter{t}/train_metrics.csv" for t in PLAN.iterations(wildcards.run)]
+    return PLAN.run_files(wildcards.run)["train_metrics"]
 
 
 def get_all_models(wildcards):
-    return [model_dir(wildcards.run, t) for t in PLAN.iterations(wildcards.run)]
+    return PLAN.run_files(wildcards.run)["models"]
 
 
 def get_export_inputs(wildcards):

@@ -10,7 +10,7 @@ import torch
 from nashflow.batching import length_batches
 from nashflow.generation.generate import SamplingConfig, encode_prompt, generate_samples
 from nashflow.io import read_provenance, read_table, write_table
-from nashflow.logps import encode_pair_side, sequence_logps
+from nashflow.logps import encode_pair_side, encode_pairs, sequence_logps
 from nashflow.settings import LossConfig, TrainConfig
 from nashflow.training import train
 from nashflow.training.batches import is_validation
@@ -135,8 +135,7 @@ def _pairs_table(tmp_path, tok, model):
                      "rejected_target": 0.3, "generator": "base"})
     pairs = pd.DataFrame(rows)
     write_table(pairs, tmp_path / "pairs.parquet")
-    enc = [encode_pair_side(tok, m, t, finished=f == "stop", max_length=96, max_prompt_length=64)
-           for side in ("chosen", "rejected") for m, t, f in zip(pairs.messages, pairs[side], pairs[f"{side}_finish"])]
+    enc = encode_pairs(tok, pairs, max_length=96, max_prompt_length=64)
     sums, counts, toks = sequence_logps(model, enc, tok.pad_token_id, progress=False, per_token=True)
     for name, shift in (("ref", 0.0), ("hist0", -0.5), ("hist1", 0.3)):
         write_table(pd.DataFrame({"pair_id": pairs.pair_id, "model": name, "chosen_logp": sums[:6] + shift,
@@ -216,8 +215,7 @@ def _preference_pairs(folder, tok, model, validation):
     pairs = pd.DataFrame(rows)
     write_table(pairs, folder / "pairs.parquet")
     write_table(pairs[pairs.pair_id.isin(train_ids)], folder / "train_pairs.parquet")
-    enc = [encode_pair_side(tok, m, t, finished=True, max_length=96, max_prompt_length=64)
-           for side in ("chosen", "rejected") for m, t in zip(pairs.messages, pairs[side])]
+    enc = encode_pairs(tok, pairs, max_length=96, max_prompt_length=64)
     sums, counts = sequence_logps(model, enc, tok.pad_token_id, progress=False)
     n = len(pairs)
     write_table(pd.DataFrame({"pair_id": pairs.pair_id, "model": "ref", "chosen_logp": sums[:n],

@@ -7,7 +7,7 @@ import pytest
 from conftest import REPO, tiny_config
 
 from nashflow.config import validate_config
-from nashflow.io import write_table
+from nashflow.io import read_table, write_table
 from nashflow.plan import JOBS, Plan, job_settings
 
 SCHEMA = REPO / "config" / "schema.yaml"
@@ -112,23 +112,28 @@ class Recording(dict):
         return self[key] if key in self else default
 
 
+def _write_samples(folder) -> str:
+    """A samples table of 4 prompts x 3 responses (``samples.parquet`` in ``folder``); its path."""
+    rows = [{"prompt_id": f"p{i}", "messages": [{"role": "user", "content": f"say {i}"}], "sample_index": k,
+             "response": "word " * (i + k + 1), "token_count": i + k + 1, "prompt_tokens": 5,
+             "finish_reason": "stop", "seed": 0, "generator": "base_model", "sampler": "policy"}
+            for i in range(4) for k in range(3)]
+    write_table(pd.DataFrame(rows), folder / "samples.parquet", {})
+    return str(folder / "samples.parquet")
+
+
 def test_jobs_read_every_setting_they_rerun_on(tmp_path, tiny_model_dir):
     """The score, pairs and log-prob stages read each top-level key of their settings (a key they
     did not read would re-run them for nothing), and nothing else (a plain dict raises KeyError)."""
     from nashflow import stages
 
     cfg = validate_config(tiny_config(tiny_model_dir, shards=1), SCHEMA)
-    samples = tmp_path / "samples.parquet"
-    rows = [{"prompt_id": f"p{i}", "messages": [{"role": "user", "content": f"say {i}"}], "sample_index": k,
-             "response": "word " * (i + k + 1), "token_count": i + k + 1, "prompt_tokens": 5,
-             "finish_reason": "stop", "seed": 0, "generator": "base_model", "sampler": "policy"}
-            for i in range(4) for k in range(3)]
-    write_table(pd.DataFrame(rows), samples, {})
+    samples = _write_samples(tmp_path)
     s = Recording(job_settings("score", cfg))
-    stages.score(s, samples_path=str(samples), out=str(tmp_path / "scores.parquet"))
+    stages.score(s, samples_path=samples, out=str(tmp_path / "scores.parquet"))
     assert {k.split(".")[0] for k in s.seen} == set(job_settings("score", cfg))
     s = Recording(job_settings("build_pairs", cfg))
-    stages.pairs(s, samples_paths=[str(samples)], scores_paths=[str(tmp_path / "scores.parquet")],
+    stages.pairs(s, samples_paths=[samples], scores_paths=[str(tmp_path / "scores.parquet")],
                  out=str(tmp_path / "pairs.parquet"))
     assert {k.split(".")[0] for k in s.seen} == set(job_settings("build_pairs", cfg))
     s = Recording(job_settings("logps", cfg))
@@ -144,33 +149,26 @@ def test_jobs_without_a_model_never_import_torch(tmp_path):
     import subprocess
     import sys
 
+    (tmp_path / "config.json").write_text("{}")
+    cfg = validate_config(tiny_config(tmp_path), SCHEMA)
+    settings = {stage: job_settings(stage, cfg) for stage in ("split_prompts", "score", "build_pairs", "eval_metrics")}
+    samples = _write_samples(tmp_path)
+    write_table(read_table(samples).assign(reward=1.0), tmp_path / "responses.parquet", {})
+    # as the jobs' scripts run: their settings (params) and paths in
     code = f"""
 import json, sys
-import pandas as pd
 from nashflow import stages
-from nashflow.config import validate_config
-from nashflow.io import write_table
-from nashflow.plan import job_settings
 from nashflow.logutil import job_logging
-cfg = validate_config({json.dumps(tiny_config(tmp_path))}, {str(SCHEMA)!r})
-out = {str(tmp_path)!r}
-rows = [{{"prompt_id": f"p{{i}}", "messages": [{{"role": "user", "content": f"say {{i}}"}}], "sample_index": k,
-         "response": "word " * (i + k + 1), "token_count": i + k + 1, "prompt_tokens": 5, "finish_reason": "stop",
-         "seed": 0, "generator": "base_model", "sampler": "policy"}} for i in range(4) for k in range(3)]
-write_table(pd.DataFrame(rows), out + "/samples.parquet", {{}})
+s, out = json.loads({json.dumps(settings)!r}), {str(tmp_path)!r}
 with job_logging(None):
-    stages.split(job_settings("split_prompts", cfg), out + "/eval.parquet", out + "/pool.parquet")
-    stages.score(job_settings("score", cfg), samples_path=out + "/samples.parquet", out=out + "/scores.parquet",
-                 threads=1)
-    stages.pairs(job_settings("build_pairs", cfg), samples_paths=[out + "/samples.parquet"],
-                 scores_paths=[out + "/scores.parquet"], out=out + "/pairs.parquet")
-    resp = pd.DataFrame(rows).assign(reward=1.0)
-    write_table(resp, out + "/responses.parquet", {{}})
-    stages.eval_metrics(job_settings("eval_metrics", cfg), iteration=0, current=out + "/responses.parquet",
-                        base=None, previous=None, out=out + "/metrics.json")
+    stages.split(s["split_prompts"], out + "/eval.parquet", out + "/pool.parquet")
+    stages.score(s["score"], samples_path={samples!r}, out=out + "/scores.parquet", threads=1)
+    stages.pairs(s["build_pairs"], samples_paths=[{samples!r}], scores_paths=[out + "/scores.parquet"],
+                 out=out + "/pairs.parquet")
+    stages.eval_metrics(s["eval_metrics"], iteration=0, current=out + "/responses.parquet", base=None,
+                        previous=None, out=out + "/metrics.json")
 print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))))
 """
-    (tmp_path / "config.json").write_text("{}")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []

@@ -390,10 +390,8 @@ def run_spec(spec_path: str) -> None:
     """``train()`` with the arguments of a spec file (written by ``nashflow.stages.train``)."""
     import json
 
+    from nashflow.torchutil import set_threads
+
     spec = json.loads(Path(spec_path).read_text())
-    threads = spec.pop("threads", None)
-    if threads:
-        torch.set_num_threads(int(threads))
-    t = spec.pop("train")
-    t["report_to"] = tuple(t.get("report_to", ()))
-    train(train_cfg=TrainConfig(**t), loss_cfg=LossConfig(**spec.pop("loss")), **spec)
+    set_threads(spec.pop("threads", None))
+    train(train_cfg=TrainConfig(**spec.pop("train")), loss_cfg=LossConfig(**spec.pop("loss")), **spec)
