@@ -43,7 +43,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sections, in benchmarks/perfkit/
-from perfkit.common import RANDOM_LLAMA, make_pairs, model_params, peak_matmul_gflops, random_llama  # noqa: E402
+from perfkit.common import (  # noqa: E402
+    RANDOM_LLAMA,
+    cpu_fp32,
+    make_pairs,
+    model_params,
+    peak_matmul_gflops,
+    random_llama,
+)
 from perfkit.generate import bench_generate  # noqa: E402
 from perfkit.logps import bench_logps  # noqa: E402
 from perfkit.orchestration import bench_orchestration  # noqa: E402
@@ -60,6 +67,10 @@ def summary_table(res: dict) -> str:
         t = r["train"]
         lines.append(f"| training step (tokens/s) | {t['nashflow_tokens_per_s']:.0f} | TRL DPOTrainer "
                      f"{t['trl_tokens_per_s']:.0f} | {t['speedup_vs_trl']:.2f}x | >= 2x |")
+        if "nashflow_aten_tokens_per_s" in t:
+            lines.append(f"| training step, PyTorch's linears (`compute.cpu_linear: aten`) | "
+                         f"{t['nashflow_aten_tokens_per_s']:.0f} | TRL DPOTrainer {t['trl_tokens_per_s']:.0f} | "
+                         f"{t['speedup_aten_vs_trl']:.2f}x | |")
         if "fraction_of_peak" in t:
             lines.append(f"| training, model FLOP utilisation (6·params·tokens/s) | {t['fraction_of_peak']:.1%} of "
                          f"peak matmul {res['peak_matmul_gflops']:.0f} GFLOP/s | | | |")
@@ -67,12 +78,18 @@ def summary_table(res: dict) -> str:
         t = r["logps"]
         lines.append(f"| reference log-probs (tokens/s) | {t['nashflow_tokens_per_s']:.0f} | TRL precompute "
                      f"{t['trl_tokens_per_s']:.0f} | {t['speedup_vs_trl']:.2f}x | >= 2x |")
+        if "nashflow_aten_tokens_per_s" in t:
+            lines.append(f"| reference log-probs, PyTorch's linears | {t['nashflow_aten_tokens_per_s']:.0f} | "
+                         f"oneDNN {t['nashflow_tokens_per_s']:.0f} | {t['speedup_onednn_vs_aten']:.2f}x (oneDNN) | |")
         lines.append(f"| log-probs, share of peak matmul | {t['nashflow_gflops']:.0f} GFLOP/s | peak "
                      f"{t['peak_matmul_gflops']:.0f} GFLOP/s | {t['fraction_of_peak']:.0%} | >= 50% |")
     if "generate" in r:
         t = r["generate"]
         lines.append(f"| generation (new tokens/s) | {t['nashflow_tokens_per_s']:.1f} | batched `generate` "
                      f"{t['generate_batched_tokens_per_s']:.1f} | {t['speedup_vs_generate']:.2f}x | >= 2x |")
+        if "nashflow_aten_tokens_per_s" in t:
+            lines.append(f"| generation, PyTorch's linears | {t['nashflow_aten_tokens_per_s']:.1f} | batched `generate` "
+                         f"{t['generate_batched_tokens_per_s']:.1f} | {t['speedup_aten_vs_generate']:.2f}x | |")
         v = t.get("vllm_cpu", {})
         if "tokens_per_s" in v:
             lines.append(f"| generation vs vLLM CPU (steady / with start-up) | {t['nashflow_tokens_per_s']:.1f} | "
@@ -221,7 +238,7 @@ def main(argv=None) -> None:
     size = 512 if args.quick else 8192 if args.device.startswith("cuda") else 2048
     res = {"benchmark": "perf", "quick": args.quick, "model": model_name, "device": args.device, "dtype": args.dtype,
            "threads": args.threads, "repeats": args.repeats, "settings": settings,
-           "peak_matmul_gflops": peak_matmul_gflops(args.device, args.torch_dtype, size),
+           **peaks(args, size),
            "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
            "versions": {**package_versions(), "trl": _version("trl")}, "params": model_params(model_dir),
@@ -235,6 +252,17 @@ def main(argv=None) -> None:
         res["results"][section] = out
         print(json.dumps({k: v for k, v in out.items() if not isinstance(v, (list, dict))}), flush=True)
     save(args, res, args.section_list)
+
+
+def peaks(args, size: int) -> dict:
+    """The matmul peak the utilisation figures divide by: the faster of ``torch.mm`` and, for float32
+    on a CPU where it runs, oneDNN's matmul (MKL takes an AVX2 kernel on AMD CPUs)."""
+    from nashflow import onednn
+
+    out = {"peak_matmul_gflops_torch_mm": peak_matmul_gflops(args.device, args.torch_dtype, size)}
+    if cpu_fp32(args) and onednn.available():
+        out["peak_matmul_gflops_onednn"] = peak_matmul_gflops(args.device, args.torch_dtype, size, onednn=True)
+    return {"peak_matmul_gflops": max(out.values()), **out}
 
 
 def _version(name: str) -> str | None:

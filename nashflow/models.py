@@ -142,6 +142,7 @@ def load_for_stage(path: str | os.PathLike, settings: dict, *, trust_remote_code
 
     Returns the model and what was chosen (``dtype``, ``attn_implementation``, ``device_map``), for
     the output's provenance."""
+    from nashflow import onednn
     from nashflow.placement import Placement, placement_for
     from nashflow.precision import attention_for, resolve, torch_dtype
 
@@ -151,7 +152,12 @@ def load_for_stage(path: str | os.PathLike, settings: dict, *, trust_remote_code
     place = Placement(device) if device else placement_for(path, dtype, settings["memory_headroom"])
     model = load_model(path, dtype=torch_dtype(dtype), device=place.device, attn_implementation=attn,
                        trust_remote_code=trust_remote_code, auto_class=auto_class, **place.load_kwargs())
-    chosen = {"dtype": dtype, "attn_implementation": attn, "device_map": place.device_map or place.device}
+    linear = "aten"
+    if not place.device_map and onednn.applies(settings.get("cpu_linear", "onednn"), place.device, torch_dtype(dtype)):
+        onednn.use_onednn(model)
+        linear = "onednn"
+    chosen = {"dtype": dtype, "attn_implementation": attn, "cpu_linear": linear,
+              "device_map": place.device_map or place.device}
     log.info("loaded %s: %s", path, chosen)
     return model, chosen
 

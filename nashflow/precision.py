@@ -4,7 +4,8 @@ One rule for every job (sampling, scoring, log-probs, training), so that the ref
 and the trainer's policy log-probs come from the same dtype and the same code path:
 
 - ``bf16_on_gpu`` (default): bfloat16 on a CUDA GPU that supports it, float32 anywhere else. A
-  CPU run therefore gives the same numbers on every host.
+  CPU run is float32 on every host (its last bits follow the host's matmul kernels, see
+  ``compute.cpu_linear`` and :mod:`nashflow.onednn`).
 - ``auto``: as ``bf16_on_gpu`` on GPUs; on a CPU bfloat16 only where a bf16 matmul measured in
   the job (:func:`cpu_bf16_speedup`) runs at least ``FAST_BF16`` times the float32 one (hosts with
   AVX512-BF16 or AMX). Results then differ from the float32 default, and may differ between hosts.
@@ -34,7 +35,7 @@ ATTENTION = ("sdpa", "flash_attention_2", "eager")
 FAST_BF16 = 1.5
 MIXED_PRECISION = {"float32": "no", "bfloat16": "bf16", "float16": "fp16"}
 #: the schema's defaults, for library callers without a workflow config
-DEFAULT_COMPUTE = {"dtype": "bf16_on_gpu", "attn_implementation": "sdpa", "memory_headroom": 0.25}
+DEFAULT_COMPUTE = {"dtype": "bf16_on_gpu", "attn_implementation": "sdpa", "cpu_linear": "onednn", "memory_headroom": 0.25}
 
 
 def stage_setting(compute: dict, stage: str) -> str:
@@ -49,7 +50,8 @@ def stage_compute(cfg: dict, stage: str) -> dict:
     c = cfg["compute"]
     # training shards with ZeRO/FSDP, not by the headroom rule; only it stores checkpoints
     extra = "checkpoint_dtype" if stage == "training" else "memory_headroom"
-    return {"dtype": stage_setting(c, stage), "attn_implementation": c["attn_implementation"], extra: c[extra]}
+    return {"dtype": stage_setting(c, stage), "attn_implementation": c["attn_implementation"],
+            "cpu_linear": c["cpu_linear"], extra: c[extra]}
 
 
 @lru_cache(maxsize=None)

@@ -87,6 +87,7 @@ def _settings(cfg, **changes):
     ({"evaluation__temperature": 0.5}, {"eval_generate", "game_eval"}),
     ({"scorer": {"components": [{"type": "sentiment"}]}}, {"score", "eval_generate", "eval_metrics", "game_eval"}),
     ({"compute__logps_dtype": "bfloat16"}, {"logps"}),
+    ({"compute__cpu_linear": "aten"}, {"generate", "score", "logps", "train", "eval_generate", "eval_metrics"}),
     ({"seed": 3}, {"prepare_model", "split_prompts", "import_initial", "generate", "train"}),
     ({"shards": 1}, {"import_initial", "generate", "logps"}),
 ])

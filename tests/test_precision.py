@@ -11,7 +11,7 @@ import torch
 import yaml
 from conftest import REPO
 
-from nashflow import precision
+from nashflow import onednn, precision
 from nashflow.config import validate_config
 from nashflow.errors import ConfigError, DataError
 from nashflow.io import read_provenance, write_table
@@ -54,9 +54,10 @@ def test_the_cpu_check_measures_both_dtypes():
 def test_each_stage_takes_its_own_dtype_or_the_common_one():
     cfg = _config(dtype="bfloat16", logps_dtype="float32", checkpoint_dtype="bfloat16")
     assert stage_compute(cfg, "sampling")["dtype"] == stage_compute(cfg, "scoring")["dtype"] == "bfloat16"
-    assert stage_compute(cfg, "logps") == {"dtype": "float32", "attn_implementation": "sdpa", "memory_headroom": 0.25}
+    assert stage_compute(cfg, "logps") == {"dtype": "float32", "attn_implementation": "sdpa", "cpu_linear": "onednn",
+                                           "memory_headroom": 0.25}
     assert stage_compute(cfg, "training") == {"dtype": "bfloat16", "attn_implementation": "sdpa",
-                                              "checkpoint_dtype": "bfloat16"}
+                                              "cpu_linear": "onednn", "checkpoint_dtype": "bfloat16"}
     assert _config()["compute"]["dtype"] == "bf16_on_gpu"
 
 
@@ -76,8 +77,9 @@ def test_bad_compute_settings_are_one_line_config_errors():
 def test_every_load_takes_the_configured_attention(tiny_model_dir, attn):
     model, chosen = load_for_stage(tiny_model_dir, dict(SETTINGS, attn_implementation=attn))
     assert model.config._attn_implementation == attn and chosen["attn_implementation"] == attn
+    linear = "onednn" if onednn.available() else "aten"  # compute.cpu_linear's default where it runs
     assert packing_mode(model) == "tree" and chosen == {"dtype": "float32", "attn_implementation": attn,
-                                                        "device_map": "cpu"}
+                                                        "cpu_linear": linear, "device_map": "cpu"}
 
 
 def test_flash_attention_falls_back_to_sdpa_on_a_cpu(tiny_model_dir, caplog):

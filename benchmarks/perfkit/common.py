@@ -64,20 +64,31 @@ def trl_dataset(tok, pairs):
     return Dataset.from_dict({"prompt": prompts, "chosen": list(pairs.chosen), "rejected": list(pairs.rejected)})
 
 
+def cpu_fp32(args) -> bool:
+    """Whether the run is float32 on a CPU, where ``compute.cpu_linear`` chooses oneDNN or PyTorch's
+    own linears (the sections then measure both)."""
+    return args.device == "cpu" and args.dtype == "float32"
+
+
 def median(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
-def peak_matmul_gflops(device: str, dtype, n: int, repeats: int = 5) -> float:
+def peak_matmul_gflops(device: str, dtype, n: int, repeats: int = 5, onednn: bool = False) -> float:
+    """GFLOP/s of an n³ matmul, best of ``repeats``: ``torch.mm`` (MKL for float32 on a CPU), or with
+    ``onednn`` the oneDNN matmul of ``compute.cpu_linear``."""
     import torch
+
+    from nashflow.onednn import _matmul
 
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
+    mm = _matmul if onednn else torch.mm
     times = []
     for _ in range(repeats + 1):
         sync(device)
         t0 = time.perf_counter()
-        (a @ b).sum().item()
+        mm(a, b).sum().item()
         sync(device)
         times.append(time.perf_counter() - t0)
     return 2 * n ** 3 / min(times[1:]) / 1e9

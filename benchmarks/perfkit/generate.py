@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from perfkit.common import REPO, median, sync
+from perfkit.common import REPO, cpu_fp32, median, sync
 
 
 def generate_rows_batched(model, tok, prompts, cfg, *, seed: int) -> list[int]:
@@ -72,6 +72,7 @@ def bench_generate(args, model_dir: Path, *, n_prompts: int, k: int, max_new_tok
     import torch
     from vllm_generate import workload
 
+    from nashflow import onednn
     from nashflow.generation.generate import generate_samples
     from nashflow.models import load_model, load_tokenizer
 
@@ -83,12 +84,22 @@ def bench_generate(args, model_dir: Path, *, n_prompts: int, k: int, max_new_tok
     cfg = replace(cfg, backend="transformers", vllm={})
     generate_samples(model, tok, prompts.head(2), cfg, seed=0, generator="warm-up", progress=False)
     runs = {"nashflow": [], "generate_batched": []}
-    for rep in range(repeats):
+    if cpu_fp32(args):
+        runs["nashflow_aten"] = []
+
+    def timed(name: str, rep: int, model) -> None:
         sync(args.device)
         t0 = time.perf_counter()
         df = generate_samples(model, tok, prompts, cfg, seed=rep, generator="bench", progress=False)
         sync(args.device)
-        runs["nashflow"].append((int(df.token_count.sum()), time.perf_counter() - t0))
+        runs[name].append((int(df.token_count.sum()), time.perf_counter() - t0))
+
+    for rep in range(repeats):
+        if cpu_fp32(args):  # the sampling job (compute.cpu_linear onednn), then with PyTorch's linears
+            onednn.use_onednn(model)
+        timed("nashflow", rep, model)
+        if onednn.use_aten(model):  # the batched-generate peer runs as the backend did before
+            timed("nashflow_aten", rep, model)
         t0 = time.perf_counter()
         counts = generate_rows_batched(model, tok, prompts, cfg, seed=rep)
         sync(args.device)
@@ -99,6 +110,9 @@ def bench_generate(args, model_dir: Path, *, n_prompts: int, k: int, max_new_tok
         out[f"{name}_seconds"] = [t for _, t in rs]
         out[f"{name}_tokens_per_s"] = median([n / t for n, t in rs])
     out["speedup_vs_generate"] = out["nashflow_tokens_per_s"] / out["generate_batched_tokens_per_s"]
+    if "nashflow_aten" in runs:
+        out["speedup_aten_vs_generate"] = out["nashflow_aten_tokens_per_s"] / out["generate_batched_tokens_per_s"]
+        out["speedup_onednn_vs_aten"] = out["nashflow_tokens_per_s"] / out["nashflow_aten_tokens_per_s"]
     if args.device == "cpu" and args.torch_dtype == torch.float32:
         bf16 = load_model(model_dir, dtype=torch.bfloat16)
         generate_samples(bf16, tok, prompts.head(2), cfg, seed=0, generator="warm-up", progress=False)

@@ -6,7 +6,7 @@ import random
 import time
 from pathlib import Path
 
-from perfkit.common import encode, median, n_params, quiet, sync
+from perfkit.common import cpu_fp32, encode, median, n_params, quiet, sync
 from perfkit.train import make_trl_trainer
 
 
@@ -15,6 +15,7 @@ def bench_logps(args, model_dir: Path, pairs, *, max_length: int, max_prompt_len
     """nashflow's log-prob pass vs TRL's precompute_ref_log_probs on the same pairs."""
     import torch
 
+    from nashflow import onednn
     from nashflow.logps import sequence_logps
     from nashflow.models import load_model, load_tokenizer
 
@@ -27,16 +28,25 @@ def bench_logps(args, model_dir: Path, pairs, *, max_length: int, max_prompt_len
     ds = trainer.train_dataset
     trl_tokens = sum(len(p) * 2 + len(c) + len(r) for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"],
                                                                       ds["rejected_ids"]))
-    ours, theirs, trl_logps = [], [], None
+    ours, aten, theirs, trl_logps = [], [], [], None
     sequence_logps(model, enc[:4], tok.pad_token_id, progress=False)  # warm-up, not counted
     with quiet():
         trainer._precompute_ref_logps(ds.select(range(2)), "warm-up", batch_pairs)
-    for rep in range(repeats):
+
+    def timed(model) -> tuple[float, list]:
         sync(args.device)
         t0 = time.perf_counter()
         sums, _ = sequence_logps(model, enc, tok.pad_token_id, max_tokens=args.max_tokens_per_batch, progress=False)
         sync(args.device)
-        ours.append(time.perf_counter() - t0)
+        return time.perf_counter() - t0, sums
+
+    for rep in range(repeats):
+        if cpu_fp32(args):  # the stage as the job runs it (compute.cpu_linear onednn), and with PyTorch's linears
+            onednn.use_onednn(model)
+        seconds, sums = timed(model)
+        ours.append(seconds)
+        if onednn.use_aten(model):
+            aten.append(timed(model)[0])
         ds._fingerprint = f"bench{rep}{random.getrandbits(64):x}"  # TRL caches by fingerprint: force the pass
         with quiet():
             sync(args.device)
@@ -50,7 +60,9 @@ def bench_logps(args, model_dir: Path, pairs, *, max_length: int, max_prompt_len
     t_o, t_t = median(ours), median(theirs)
     flops = 2 * n_params(model) * real_tokens / t_o / 1e9
     del trainer, model
-    return {
+    extra = {"nashflow_aten_seconds": aten, "nashflow_aten_tokens_per_s": real_tokens / median(aten),
+             "speedup_onednn_vs_aten": median(aten) / t_o} if aten else {}
+    return {**extra,
         "pairs": n, "sequences": len(enc), "real_tokens": real_tokens, "trl_real_tokens": trl_tokens,
         "nashflow_seconds": ours, "trl_seconds": theirs,
         "nashflow_tokens_per_s": real_tokens / t_o, "trl_tokens_per_s": trl_tokens / t_t,

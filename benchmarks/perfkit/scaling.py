@@ -5,18 +5,21 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from perfkit.common import encode, make_pairs, median, n_params, sync
+from perfkit.common import cpu_fp32, encode, make_pairs, median, n_params, sync
 from perfkit.train import nashflow_train_once, write_train_inputs
 
 
 def bench_scaling(args, model_dir: Path, work: Path, *, lengths: list[int], batches: list[int], repeats: int,
                   train_lengths: list[int], train_batches: list[int], token_budget: int) -> dict:
     """Throughput as the work grows. Training runs two optimizer steps per point (the second is timed)."""
+    from nashflow import onednn
     from nashflow.logps import sequence_logps
     from nashflow.models import load_model, load_tokenizer
 
     tok = load_tokenizer(model_dir)
     model = load_model(model_dir, dtype=args.torch_dtype, device=args.device)
+    if cpu_fp32(args):  # as the log-prob job runs it (compute.cpu_linear onednn)
+        onednn.use_onednn(model)
 
     def logps_rate(pairs, max_length, max_tokens) -> float:
         enc = encode(tok, pairs, max_length, max_length // 2)

@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from perfkit.common import encode, median, quiet, sync, trl_dataset
+from perfkit.common import cpu_fp32, encode, median, quiet, sync, trl_dataset
 
 
 def make_trl_trainer(args, model_dir: Path, tok, pairs, *, batch_pairs: int, max_length: int, precompute: bool,
@@ -54,7 +54,7 @@ def steady_rate(stamps: list[tuple[float, int]]) -> float:
 
 
 def nashflow_train_once(args, model_dir: Path, pairs_path: Path, ref_path: Path, *, batch_pairs: int, max_length: int,
-                        max_prompt_length: int, work: Path, lr: float = 5e-6) -> float:
+                        max_prompt_length: int, work: Path, lr: float = 5e-6, cpu_linear: str = "onednn") -> float:
     from nashflow.settings import LossConfig, TrainConfig
     from nashflow.training import train
 
@@ -63,7 +63,7 @@ def nashflow_train_once(args, model_dir: Path, pairs_path: Path, ref_path: Path,
                        max_prompt_length=max_prompt_length, report_to=(), checkpoint_every=0)
     train(policy_path=str(model_dir), pairs_path=str(pairs_path), logps={"reference": [str(ref_path)]},
           output_dir=str(out / "model"), metrics_path=str(out / "metrics.csv"), train_cfg=tcfg,
-          loss_cfg=LossConfig(name="dpo", beta=0.1), progress=False)
+          loss_cfg=LossConfig(name="dpo", beta=0.1), progress=False, compute={"cpu_linear": cpu_linear})
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     import shutil
 
@@ -85,12 +85,15 @@ def write_train_inputs(args, model_dir: Path, pairs, work: Path, *, max_length: 
     """The pairs table and its reference log-prob table, as the workflow's jobs write them."""
     import pandas as pd
 
+    from nashflow import onednn
     from nashflow.io import write_table
     from nashflow.logps import sequence_logps
     from nashflow.models import load_model, load_tokenizer
 
     tok = load_tokenizer(model_dir)
     model = load_model(model_dir, dtype=args.torch_dtype, device=args.device)
+    if cpu_fp32(args):  # as the log-prob job computes them (compute.cpu_linear onednn)
+        onednn.use_onednn(model)
     enc = encode(tok, pairs, max_length, max_prompt_length)
     sums, counts = sequence_logps(model, enc, tok.pad_token_id, progress=False)
     n = len(pairs)
@@ -110,13 +113,19 @@ def bench_train(args, model_dir: Path, pairs, *, max_length: int, max_prompt_len
     tok = load_tokenizer(model_dir)
     pairs_path, ref_path = write_train_inputs(args, model_dir, pairs, work, max_length=max_length,
                                               max_prompt_length=max_prompt_length)
-    ours, theirs = [], []
+    ours, aten, theirs = [], [], []
+    kw = dict(batch_pairs=batch_pairs, max_length=max_length, max_prompt_length=max_prompt_length, work=work)
     for _ in range(repeats):
-        ours.append(nashflow_train_once(args, model_dir, pairs_path, ref_path, batch_pairs=batch_pairs,
-                                        max_length=max_length, max_prompt_length=max_prompt_length, work=work))
+        ours.append(nashflow_train_once(args, model_dir, pairs_path, ref_path, **kw))
+        if cpu_fp32(args):  # the same trainer with PyTorch's own linears: what oneDNN adds
+            aten.append(nashflow_train_once(args, model_dir, pairs_path, ref_path, cpu_linear="aten", **kw))
         theirs.append(trl_train_once(args, model_dir, tok, pairs, batch_pairs=batch_pairs, max_length=max_length,
                                      work=work))
     r_o, r_t = median(ours), median(theirs)
-    return {"pairs": len(pairs), "batch_pairs": batch_pairs, "steps": len(pairs) // batch_pairs,
-            "nashflow_tokens_per_s_runs": ours, "trl_tokens_per_s_runs": theirs,
-            "nashflow_tokens_per_s": r_o, "trl_tokens_per_s": r_t, "speedup_vs_trl": r_o / r_t}
+    out = {"pairs": len(pairs), "batch_pairs": batch_pairs, "steps": len(pairs) // batch_pairs,
+           "nashflow_tokens_per_s_runs": ours, "trl_tokens_per_s_runs": theirs,
+           "nashflow_tokens_per_s": r_o, "trl_tokens_per_s": r_t, "speedup_vs_trl": r_o / r_t}
+    if aten:
+        out.update(nashflow_aten_tokens_per_s_runs=aten, nashflow_aten_tokens_per_s=median(aten),
+                   speedup_aten_vs_trl=median(aten) / r_t, speedup_onednn_vs_aten=r_o / median(aten))
+    return out

@@ -137,3 +137,13 @@ def initial_weights(policy_path: str) -> dict[str, torch.Tensor]:
     for f in sorted(Path(policy_path).glob("*.safetensors")):
         sd.update(load_file(f))
     return sd
+
+
+def onednn_linears(acc, model, setting: str) -> None:
+    """float32 linears through oneDNN (``compute.cpu_linear``, :mod:`nashflow.onednn`) where the
+    policy trains unsharded on a CPU without mixed precision; elsewhere PyTorch's own."""
+    from nashflow import onednn
+
+    if acc.mixed_precision == "no" and not is_deepspeed(acc) and not shards_parameters(acc) and \
+            onednn.applies(setting, acc.device, torch.float32):
+        log.info("float32 linear layers through oneDNN: %d", onednn.use_onednn(model))

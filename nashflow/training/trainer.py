@@ -31,6 +31,7 @@ from nashflow.training.distributed import (
     initial_weights,
     is_deepspeed,
     make_accelerator,
+    onednn_linears,
     plain_data_parallel,
     prepare_for_processes,
     shards_parameters,
@@ -110,7 +111,8 @@ def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_di
 
     job = Job(policy_path, pairs_path, logps, output_dir, metrics_path, train_cfg, loss_cfg, parents, progress,
               tensorboard_dir, state_dir,
-              {"attn_implementation": "sdpa", "checkpoint_dtype": "float32", **(compute or {})})
+              {"attn_implementation": "sdpa", "checkpoint_dtype": "float32", "cpu_linear": "onednn",
+               **(compute or {})})
     acc = make_accelerator(train_cfg)
     if train_cfg.lora and shards_parameters(acc):
         raise DataError("training.lora needs the full weights on every process: use training.distributed "
@@ -120,6 +122,7 @@ def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_di
     tok = load_tokenizer(policy_path)
     attn = attention_for(job.compute["attn_implementation"], acc.device.type)
     model = prepare_policy(policy_path, train_cfg, attn)
+    onednn_linears(acc, model, job.compute["cpu_linear"])
     n_history = len(logps.get("history", []))
     data = PairBatches(df, tok, train_cfg, loss_cfg, n_history)
     val = PairBatches(val_df, tok, train_cfg, loss_cfg, n_history) if val_df is not None else None
