@@ -90,6 +90,10 @@ def summary_table(res: dict) -> str:
         if "nashflow_aten_tokens_per_s" in t:
             lines.append(f"| generation, PyTorch's linears | {t['nashflow_aten_tokens_per_s']:.1f} | batched `generate` "
                          f"{t['generate_batched_tokens_per_s']:.1f} | {t['speedup_aten_vs_generate']:.2f}x | |")
+        for kind, b in t.get("breakdown", {}).items():
+            lines.append(f"| generation pass by part, {kind} linears (s) | prefill {b['prefill']:.1f}, step forwards "
+                         f"{b['step_forward']:.1f} (output layer {b['output_layer']:.1f}), sampler {b['sampler']:.1f}, "
+                         f"rest {b['rest']:.1f} | wall {b['wall_seconds']:.1f} | | |")
         v = t.get("vllm_cpu", {})
         if "tokens_per_s" in v:
             lines.append(f"| generation vs vLLM CPU (steady / with start-up) | {t['nashflow_tokens_per_s']:.1f} | "

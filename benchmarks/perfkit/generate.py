@@ -64,6 +64,40 @@ def vllm_generate(args, model_dir: Path, *, n_prompts: int, k: int, max_new_toke
     return out
 
 
+def decode_breakdown(model, tok, prompts, cfg) -> dict:
+    """Seconds of one sampling pass by part: the prompts' prefill, the decoding steps' forwards
+    (of which the output layer), the sampler (temperature, nucleus, draw), the rest (tables,
+    decoding to text); wall seconds and tokens beside them."""
+    from nashflow.generation import decode, sampling
+    from nashflow.generation.generate import generate_samples
+
+    parts = {"prefill": 0.0, "step_forward": 0.0, "output_layer": 0.0, "sampler": 0.0}
+
+    def timing(fn, part):
+        def timed(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                parts[part] += time.perf_counter() - t0
+        return timed
+
+    head = model.get_output_embeddings()
+    saved = (decode._Stream.__init__, decode._Stream.step, sampling.Sampler.__call__)
+    decode._Stream.__init__, decode._Stream.step = timing(saved[0], "prefill"), timing(saved[1], "step_forward")
+    sampling.Sampler.__call__ = timing(saved[2], "sampler")
+    head.forward = timing(head.forward, "output_layer")  # inside prefill and steps
+    try:
+        t0 = time.perf_counter()
+        df = generate_samples(model, tok, prompts, cfg, seed=0, generator="bench", progress=False)
+        wall = time.perf_counter() - t0
+    finally:
+        decode._Stream.__init__, decode._Stream.step, sampling.Sampler.__call__ = saved
+        del head.forward
+    rest = wall - parts["prefill"] - parts["step_forward"] - parts["sampler"]
+    return {"wall_seconds": wall, "tokens": int(df.token_count.sum()), **parts, "rest": rest}
+
+
 def bench_generate(args, model_dir: Path, *, n_prompts: int, k: int, max_new_tokens: int, batch_size: int,
                    repeats: int) -> dict:
     """The default iteration's sampling workload (the default prompts, K samples, temperature 0.8,
@@ -110,6 +144,12 @@ def bench_generate(args, model_dir: Path, *, n_prompts: int, k: int, max_new_tok
         out[f"{name}_seconds"] = [t for _, t in rs]
         out[f"{name}_tokens_per_s"] = median([n / t for n, t in rs])
     out["speedup_vs_generate"] = out["nashflow_tokens_per_s"] / out["generate_batched_tokens_per_s"]
+    out["breakdown"] = {}
+    if cpu_fp32(args):  # where a pass's time goes, with each kind of linear layer
+        onednn.use_onednn(model)
+        out["breakdown"]["onednn"] = decode_breakdown(model, tok, prompts, cfg)
+        onednn.use_aten(model)
+    out["breakdown"]["aten" if cpu_fp32(args) else "default"] = decode_breakdown(model, tok, prompts, cfg)
     if "nashflow_aten" in runs:
         out["speedup_aten_vs_generate"] = out["nashflow_aten_tokens_per_s"] / out["generate_batched_tokens_per_s"]
         out["speedup_onednn_vs_aten"] = out["nashflow_tokens_per_s"] / out["nashflow_aten_tokens_per_s"]
