@@ -147,7 +147,7 @@ def load_for_stage(path: str | os.PathLike, settings: dict, *, trust_remote_code
     from nashflow.precision import attention_for, resolve, torch_dtype
 
     target = device or default_device()
-    dtype = resolve(settings["dtype"], target)
+    dtype = resolve(settings["dtype"], target, settings.get("cpu_linear", "onednn"))
     attn = attention_for(settings["attn_implementation"], target)
     place = Placement(device) if device else placement_for(path, dtype, settings["memory_headroom"])
     model = load_model(path, dtype=torch_dtype(dtype), device=place.device, attn_implementation=attn,

@@ -7,8 +7,9 @@ and the trainer's policy log-probs come from the same dtype and the same code pa
   CPU run is float32 on every host (its last bits follow the host's matmul kernels, see
   ``compute.cpu_linear`` and :mod:`nashflow.onednn`).
 - ``auto``: as ``bf16_on_gpu`` on GPUs; on a CPU bfloat16 only where a bf16 matmul measured in
-  the job (:func:`cpu_bf16_speedup`) runs at least ``FAST_BF16`` times the float32 one (hosts with
-  AVX512-BF16 or AMX). Results then differ from the float32 default, and may differ between hosts.
+  the job (:func:`cpu_bf16_speedup`) runs at least ``FAST_BF16`` times the float32 one the job
+  would use (``compute.cpu_linear``; hosts with AVX512-BF16 or AMX). Results then differ from the
+  float32 default, and may differ between hosts.
 - ``float32``, ``bfloat16``, ``float16``: that dtype everywhere.
 
 Forward-only jobs load the weights in the resolved dtype. Training keeps float32 weights and runs
@@ -55,27 +56,34 @@ def stage_compute(cfg: dict, stage: str) -> dict:
 
 
 @lru_cache(maxsize=None)
-def cpu_bf16_speedup(n: int = 256, seconds: float = 0.05) -> float:
-    """Measured throughput of an n x n bf16 matmul over the float32 one on this CPU (about 0.1 s).
+def cpu_bf16_speedup(n: int = 256, seconds: float = 0.05, onednn: bool = False) -> float:
+    """Measured throughput of an n x n bf16 matmul over the float32 one on this CPU (about 0.1 s);
+    with ``onednn`` the float32 one is oneDNN's (``compute.cpu_linear: onednn``), else ``torch.mm``.
 
     Measured, not read from CPU flags: a host without AVX512-BF16 ran bf16 matmuls at ~1 GFLOP/s
-    against ~200 in float32; one with it at ~800 against ~200 (2 threads)."""
+    against ~200 in float32; one with it at ~800 against ~200 through MKL and ~450 through oneDNN
+    (2 threads)."""
     import torch
 
-    def rate(dtype) -> float:
+    def rate(dtype, mm) -> float:
         a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-        a @ b
+        mm(a, b)
         t0, reps = time.perf_counter(), 0
         while time.perf_counter() - t0 < seconds:
-            a @ b
+            mm(a, b)
             reps += 1
         return reps / (time.perf_counter() - t0)
 
-    return rate(torch.bfloat16) / rate(torch.float32)
+    if onednn:
+        from nashflow.onednn import _matmul as fp32_mm
+    else:
+        fp32_mm = torch.mm
+    return rate(torch.bfloat16, torch.mm) / rate(torch.float32, fp32_mm)
 
 
-def resolve(setting: str, device: str) -> str:
-    """The dtype name (float32, bfloat16, float16) that ``setting`` means on ``device``."""
+def resolve(setting: str, device: str, cpu_linear: str = "aten") -> str:
+    """The dtype name (float32, bfloat16, float16) that ``setting`` means on ``device``; ``auto`` on
+    a CPU compares bf16 with the float32 path ``cpu_linear`` (``compute.cpu_linear``) would take."""
     if setting in DTYPES:
         return setting
     if setting not in POLICIES:
@@ -85,11 +93,19 @@ def resolve(setting: str, device: str) -> str:
 
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
     if setting == "auto":
-        speedup = cpu_bf16_speedup()
+        via_onednn = cpu_linear == "onednn" and _onednn_available()
+        speedup = cpu_bf16_speedup(onednn=True) if via_onednn else cpu_bf16_speedup()
         chosen = "bfloat16" if speedup >= FAST_BF16 else "float32"
-        log.info("compute dtype auto on this CPU: bf16 matmul at %.2fx float32 -> %s", speedup, chosen)
+        log.info("compute dtype auto on this CPU: bf16 matmul at %.2fx float32 (%s) -> %s", speedup,
+                 "oneDNN" if via_onednn else "torch.mm", chosen)
         return chosen
     return "float32"
+
+
+def _onednn_available() -> bool:
+    from nashflow import onednn
+
+    return onednn.available()
 
 
 def torch_dtype(name: str):

@@ -167,7 +167,8 @@ def train(s: dict, *, extras: dict, policy_dir: str, pairs_path: str, logps: dic
     from nashflow.launch import launch_training
     from nashflow.precision import MIXED_PRECISION, resolve
 
-    compute = dict(s["compute"], dtype=resolve(s["compute"]["dtype"], "cuda" if n_gpus > 0 else "cpu"))
+    compute = dict(s["compute"], dtype=resolve(s["compute"]["dtype"], "cuda" if n_gpus > 0 else "cpu",
+                                               s["compute"]["cpu_linear"]))
     spec = {
         "policy_path": policy_dir, "pairs_path": pairs_path, "logps": logps,
         "output_dir": out_dir, "metrics_path": metrics_path, "threads": threads,

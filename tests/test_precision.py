@@ -41,12 +41,19 @@ def test_dtype_policies_resolve_per_device(monkeypatch):
     assert resolve("auto", "cpu") == "bfloat16"
     monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: 0.005)  # bf16 emulated in software
     assert resolve("auto", "cpu") == "float32"
+    # auto compares bf16 with the float32 path the job takes: MKL's (aten) or oneDNN's
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda onednn=False: 1.2 if onednn else 3.5)
+    assert resolve("auto", "cpu", "aten") == "bfloat16"
+    assert resolve("auto", "cpu", "onednn") == ("float32" if onednn.available() else "bfloat16")
     with pytest.raises(ValueError, match="unknown dtype setting 'bf32'"):
         resolve("bf32", "cpu")
 
 
 def test_the_cpu_check_measures_both_dtypes():
     precision.cpu_bf16_speedup.cache_clear()
+    if onednn.available():
+        ratio = precision.cpu_bf16_speedup(n=64, seconds=0.01, onednn=True)
+        assert np.isfinite(ratio) and ratio > 0
     ratio = precision.cpu_bf16_speedup(n=64, seconds=0.01)
     assert np.isfinite(ratio) and ratio > 0  # a measured ratio, whichever host this is
 
