@@ -39,7 +39,7 @@ MIN_MACS = 1 << 22
 _X86 = ("x86_64", "amd64", "i686", "x86")
 
 
-def _matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+def matmul(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x @ weightᵀ (+ bias) by oneDNN; x [..., K], weight [N, K]."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
@@ -72,7 +72,7 @@ class _OneDNNLinearFn(torch.autograd.Function):
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return _matmul(x, weight, bias)
+        return matmul(x, weight, bias)
 
     @staticmethod
     @torch.autograd.function.once_differentiable  # the op has no derivative: double backward raises
@@ -80,8 +80,8 @@ class _OneDNNLinearFn(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
         g2 = grad.reshape(-1, grad.shape[-1])
-        gx = _matmul(grad, weight.t().contiguous()) if need_x else None
-        gw = _matmul(g2.t(), x.reshape(-1, x.shape[-1]).t()) if need_w else None
+        gx = matmul(grad, weight.t().contiguous()) if need_x else None
+        gw = matmul(g2.t(), x.reshape(-1, x.shape[-1]).t()) if need_w else None
         gb = g2.sum(0) if need_b and ctx.has_bias else None
         return gx, gw, gb
 
@@ -95,7 +95,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                         or (bias is not None and bias.requires_grad)):
             return _OneDNNLinearFn.apply(x, weight, bias)
-        return _matmul(x, weight, bias)
+        return matmul(x, weight, bias)
     return F.linear(x, weight, bias)
 
 

@@ -75,7 +75,7 @@ def cpu_bf16_speedup(n: int = 256, seconds: float = 0.05, onednn: bool = False) 
         return reps / (time.perf_counter() - t0)
 
     if onednn:
-        from nashflow.onednn import _matmul as fp32_mm
+        from nashflow.onednn import matmul as fp32_mm
     else:
         fp32_mm = torch.mm
     return rate(torch.bfloat16, torch.mm) / rate(torch.float32, fp32_mm)

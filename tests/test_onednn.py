@@ -33,8 +33,8 @@ def _count_onednn_calls(monkeypatch) -> list:
     """The oneDNN matmuls that run from now on (one per forward, per ∂x and per ∂W)."""
     onednn.available()  # probed before the count starts
     calls = []
-    real = onednn._matmul
-    monkeypatch.setattr(onednn, "_matmul", lambda *a: calls.append(tuple(a[0].shape)) or real(*a))
+    real = onednn.matmul
+    monkeypatch.setattr(onednn, "matmul", lambda *a: calls.append(tuple(a[0].shape)) or real(*a))
     return calls
 
 
@@ -389,7 +389,7 @@ def _train(folder, model_dir, setting: str, out: str, monkeypatch) -> tuple[dict
     from nashflow.settings import LossConfig, TrainConfig
     from nashflow.training import train
 
-    real = onednn._matmul
+    real = onednn.matmul
     calls = _count_onednn_calls(monkeypatch)
     try:
         train(policy_path=str(model_dir), pairs_path=str(folder / "pairs.parquet"),
@@ -401,7 +401,7 @@ def _train(folder, model_dir, setting: str, out: str, monkeypatch) -> tuple[dict
               loss_cfg=LossConfig(name="dpo", beta=0.1),
               progress=False, compute={"cpu_linear": setting})
     finally:
-        monkeypatch.setattr(onednn, "_matmul", real)
+        monkeypatch.setattr(onednn, "matmul", real)
     assert read_provenance(folder / out)["config"]["compute"]["cpu_linear"] == setting
     return load_file(folder / out / "model.safetensors"), len(calls)
 

@@ -79,11 +79,11 @@ def peak_matmul_gflops(device: str, dtype, n: int, repeats: int = 5, onednn: boo
     ``onednn`` the oneDNN matmul of ``compute.cpu_linear``."""
     import torch
 
-    from nashflow.onednn import _matmul
+    from nashflow.onednn import matmul
 
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    mm = _matmul if onednn else torch.mm
+    mm = matmul if onednn else torch.mm
     times = []
     for _ in range(repeats + 1):
         sync(device)

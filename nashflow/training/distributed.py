@@ -139,11 +139,14 @@ def initial_weights(policy_path: str) -> dict[str, torch.Tensor]:
     return sd
 
 
-def onednn_linears(acc, model, setting: str) -> None:
+def onednn_linears(acc, model, setting: str) -> str:
     """float32 linears through oneDNN (``compute.cpu_linear``, :mod:`nashflow.onednn`) where the
-    policy trains unsharded on a CPU without mixed precision; elsewhere PyTorch's own."""
+    policy trains unsharded on a CPU without mixed precision; elsewhere PyTorch's own. Returns which
+    ("onednn" or "aten"), for the iterate's provenance."""
     from nashflow import onednn
 
     if acc.mixed_precision == "no" and not is_deepspeed(acc) and not shards_parameters(acc) and \
             onednn.applies(setting, acc.device, torch.float32):
         log.info("float32 linear layers through oneDNN: %d", onednn.use_onednn(model))
+        return "onednn"
+    return "aten"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +122,7 @@ def train(*, policy_path: str, pairs_path: str, logps: dict[str, Any], output_di
     tok = load_tokenizer(policy_path)
     attn = attention_for(job.compute["attn_implementation"], acc.device.type)
     model = prepare_policy(policy_path, train_cfg, attn)
-    onednn_linears(acc, model, job.compute["cpu_linear"])
+    job = replace(job, compute={**job.compute, "cpu_linear": onednn_linears(acc, model, job.compute["cpu_linear"])})
     n_history = len(logps.get("history", []))
     data = PairBatches(df, tok, train_cfg, loss_cfg, n_history)
     val = PairBatches(val_df, tok, train_cfg, loss_cfg, n_history) if val_df is not None else None
