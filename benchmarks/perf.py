@@ -45,9 +45,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sections, in benchmarks/perfkit/
 from perfkit.common import (  # noqa: E402
     RANDOM_LLAMA,
-    cpu_fp32,
     make_pairs,
     model_params,
+    onednn_runs,
     peak_matmul_gflops,
     random_llama,
 )
@@ -261,10 +261,9 @@ def main(argv=None) -> None:
 def peaks(args, size: int) -> dict:
     """The matmul peak the utilisation figures divide by: the faster of ``torch.mm`` and, for float32
     on a CPU where it runs, oneDNN's matmul (MKL takes an AVX2 kernel on AMD CPUs)."""
-    from nashflow import onednn
 
     out = {"peak_matmul_gflops_torch_mm": peak_matmul_gflops(args.device, args.torch_dtype, size)}
-    if cpu_fp32(args) and onednn.available():
+    if onednn_runs(args):
         out["peak_matmul_gflops_onednn"] = peak_matmul_gflops(args.device, args.torch_dtype, size, onednn=True)
     return {"peak_matmul_gflops": max(out.values()), **out}
 

@@ -147,13 +147,14 @@ def load_for_stage(path: str | os.PathLike, settings: dict, *, trust_remote_code
     from nashflow.precision import attention_for, resolve, torch_dtype
 
     target = device or default_device()
-    dtype = resolve(settings["dtype"], target, settings.get("cpu_linear", "onednn"))
+    cpu_linear = settings.get("cpu_linear", "onednn")
+    dtype = resolve(settings["dtype"], target, cpu_linear)
     attn = attention_for(settings["attn_implementation"], target)
     place = Placement(device) if device else placement_for(path, dtype, settings["memory_headroom"])
     model = load_model(path, dtype=torch_dtype(dtype), device=place.device, attn_implementation=attn,
                        trust_remote_code=trust_remote_code, auto_class=auto_class, **place.load_kwargs())
     linear = "aten"
-    if not place.device_map and onednn.applies(settings.get("cpu_linear", "onednn"), place.device, torch_dtype(dtype)):
+    if not place.device_map and onednn.applies(cpu_linear, place.device, torch_dtype(dtype)):
         onednn.use_onednn(model)
         linear = "onednn"
     chosen = {"dtype": dtype, "attn_implementation": attn, "cpu_linear": linear,

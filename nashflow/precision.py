@@ -94,7 +94,7 @@ def resolve(setting: str, device: str, cpu_linear: str = "aten") -> str:
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
     if setting == "auto":
         via_onednn = cpu_linear == "onednn" and _onednn_available()
-        speedup = cpu_bf16_speedup(onednn=True) if via_onednn else cpu_bf16_speedup()
+        speedup = cpu_bf16_speedup(onednn=via_onednn)
         chosen = "bfloat16" if speedup >= FAST_BF16 else "float32"
         log.info("compute dtype auto on this CPU: bf16 matmul at %.2fx float32 (%s) -> %s", speedup,
                  "oneDNN" if via_onednn else "torch.mm", chosen)

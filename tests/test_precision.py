@@ -37,9 +37,9 @@ def test_dtype_policies_resolve_per_device(monkeypatch):
     assert resolve("bf16_on_gpu", "cuda:0") == resolve("auto", "cuda") == "bfloat16"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert resolve("bf16_on_gpu", "cuda:0") == "float32"  # e.g. a V100
-    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: 4.2)  # an AVX512-BF16 host
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda onednn=False: 4.2)  # an AVX512-BF16 host
     assert resolve("auto", "cpu") == "bfloat16"
-    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda: 0.005)  # bf16 emulated in software
+    monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda onednn=False: 0.005)  # bf16 emulated in software
     assert resolve("auto", "cpu") == "float32"
     # auto compares bf16 with the float32 path the job takes: MKL's (aten) or oneDNN's
     monkeypatch.setattr(precision, "cpu_bf16_speedup", lambda onednn=False: 1.2 if onednn else 3.5)

@@ -64,10 +64,13 @@ def trl_dataset(tok, pairs):
     return Dataset.from_dict({"prompt": prompts, "chosen": list(pairs.chosen), "rejected": list(pairs.rejected)})
 
 
-def cpu_fp32(args) -> bool:
-    """Whether the run is float32 on a CPU, where ``compute.cpu_linear`` chooses oneDNN or PyTorch's
-    own linears (the sections then measure both)."""
-    return args.device == "cpu" and args.dtype == "float32"
+def onednn_runs(args) -> bool:
+    """Whether the jobs would run this benchmark's models through oneDNN (``compute.cpu_linear:
+    onednn`` applies: float32 on a CPU where oneDNN linears run); the sections then measure them and
+    PyTorch's own linears side by side."""
+    from nashflow import onednn
+
+    return onednn.applies("onednn", args.device, args.torch_dtype)
 
 
 def median(xs):

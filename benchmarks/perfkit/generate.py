@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from perfkit.common import REPO, cpu_fp32, median, sync
+from perfkit.common import REPO, median, onednn_runs, sync
 
 
 def generate_rows_batched(model, tok, prompts, cfg, *, seed: int) -> list[int]:
@@ -118,7 +118,7 @@ def bench_generate(args, model_dir: Path, *, n_prompts: int, k: int, max_new_tok
     cfg = replace(cfg, backend="transformers", vllm={})
     generate_samples(model, tok, prompts.head(2), cfg, seed=0, generator="warm-up", progress=False)
     runs = {"nashflow": [], "generate_batched": []}
-    if cpu_fp32(args):
+    if onednn_runs(args):
         runs["nashflow_aten"] = []
 
     def timed(name: str, rep: int, model) -> None:
@@ -129,7 +129,7 @@ def bench_generate(args, model_dir: Path, *, n_prompts: int, k: int, max_new_tok
         runs[name].append((int(df.token_count.sum()), time.perf_counter() - t0))
 
     for rep in range(repeats):
-        if cpu_fp32(args):  # the sampling job (compute.cpu_linear onednn), then with PyTorch's linears
+        if onednn_runs(args):  # the sampling job (compute.cpu_linear onednn), then with PyTorch's linears
             onednn.use_onednn(model)
         timed("nashflow", rep, model)
         if onednn.use_aten(model):  # the batched-generate peer runs as the backend did before
@@ -145,11 +145,11 @@ def bench_generate(args, model_dir: Path, *, n_prompts: int, k: int, max_new_tok
         out[f"{name}_tokens_per_s"] = median([n / t for n, t in rs])
     out["speedup_vs_generate"] = out["nashflow_tokens_per_s"] / out["generate_batched_tokens_per_s"]
     out["breakdown"] = {}
-    if cpu_fp32(args):  # where a pass's time goes, with each kind of linear layer
+    if onednn_runs(args):  # where a pass's time goes, with each kind of linear layer
         onednn.use_onednn(model)
         out["breakdown"]["onednn"] = decode_breakdown(model, tok, prompts, cfg)
         onednn.use_aten(model)
-    out["breakdown"]["aten" if cpu_fp32(args) else "default"] = decode_breakdown(model, tok, prompts, cfg)
+    out["breakdown"]["aten" if onednn_runs(args) else "default"] = decode_breakdown(model, tok, prompts, cfg)
     if "nashflow_aten" in runs:
         out["speedup_aten_vs_generate"] = out["nashflow_aten_tokens_per_s"] / out["generate_batched_tokens_per_s"]
         out["speedup_onednn_vs_aten"] = out["nashflow_tokens_per_s"] / out["nashflow_aten_tokens_per_s"]

@@ -6,7 +6,7 @@ import random
 import time
 from pathlib import Path
 
-from perfkit.common import cpu_fp32, encode, median, n_params, quiet, sync
+from perfkit.common import encode, median, n_params, onednn_runs, quiet, sync
 from perfkit.train import make_trl_trainer
 
 
@@ -41,7 +41,7 @@ def bench_logps(args, model_dir: Path, pairs, *, max_length: int, max_prompt_len
         return time.perf_counter() - t0, sums
 
     for rep in range(repeats):
-        if cpu_fp32(args):  # the stage as the job runs it (compute.cpu_linear onednn), and with PyTorch's linears
+        if onednn_runs(args):  # the stage as the job runs it (compute.cpu_linear onednn), and with PyTorch's linears
             onednn.use_onednn(model)
         seconds, sums = timed(model)
         ours.append(seconds)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from perfkit.common import cpu_fp32, encode, make_pairs, median, n_params, sync
+from perfkit.common import encode, make_pairs, median, n_params, onednn_runs, sync
 from perfkit.train import nashflow_train_once, write_train_inputs
 
 
@@ -18,7 +18,7 @@ def bench_scaling(args, model_dir: Path, work: Path, *, lengths: list[int], batc
 
     tok = load_tokenizer(model_dir)
     model = load_model(model_dir, dtype=args.torch_dtype, device=args.device)
-    if cpu_fp32(args):  # as the log-prob job runs it (compute.cpu_linear onednn)
+    if onednn_runs(args):  # as the log-prob job runs it (compute.cpu_linear onednn)
         onednn.use_onednn(model)
 
     def logps_rate(pairs, max_length, max_tokens) -> float:

@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from perfkit.common import cpu_fp32, encode, median, quiet, sync, trl_dataset
+from perfkit.common import encode, median, onednn_runs, quiet, sync, trl_dataset
 
 
 def make_trl_trainer(args, model_dir: Path, tok, pairs, *, batch_pairs: int, max_length: int, precompute: bool,
@@ -92,7 +92,7 @@ def write_train_inputs(args, model_dir: Path, pairs, work: Path, *, max_length: 
 
     tok = load_tokenizer(model_dir)
     model = load_model(model_dir, dtype=args.torch_dtype, device=args.device)
-    if cpu_fp32(args):  # as the log-prob job computes them (compute.cpu_linear onednn)
+    if onednn_runs(args):  # as the log-prob job computes them (compute.cpu_linear onednn)
         onednn.use_onednn(model)
     enc = encode(tok, pairs, max_length, max_prompt_length)
     sums, counts = sequence_logps(model, enc, tok.pad_token_id, progress=False)
@@ -117,7 +117,7 @@ def bench_train(args, model_dir: Path, pairs, *, max_length: int, max_prompt_len
     kw = dict(batch_pairs=batch_pairs, max_length=max_length, max_prompt_length=max_prompt_length, work=work)
     for _ in range(repeats):
         ours.append(nashflow_train_once(args, model_dir, pairs_path, ref_path, **kw))
-        if cpu_fp32(args):  # the same trainer with PyTorch's own linears: what oneDNN adds
+        if onednn_runs(args):  # the same trainer with PyTorch's own linears: what oneDNN adds
             aten.append(nashflow_train_once(args, model_dir, pairs_path, ref_path, cpu_linear="aten", **kw))
         theirs.append(trl_train_once(args, model_dir, tok, pairs, batch_pairs=batch_pairs, max_length=max_length,
                                      work=work))
