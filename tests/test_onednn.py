@@ -434,3 +434,15 @@ def test_a_second_derivative_raises_instead_of_being_wrong():
     (g,) = torch.autograd.grad(onednn.linear(x, w).pow(2).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|double backward|differentiable"):
         g.pow(2).sum().backward()
+
+
+def test_where_onednn_linears_do_not_run_layers_stay_pytorchs(tiny_model_dir, monkeypatch):
+    """A host where the check fails (not x86-64, no mkldnn, or the op disagrees): the default
+    setting loads plain nn.Linear layers and says so in the provenance."""
+    from nashflow.models import load_for_stage
+
+    monkeypatch.setattr(onednn, "available", lambda: False)
+    assert onednn.applies("onednn", "cpu", torch.float32) is False
+    model, chosen = load_for_stage(tiny_model_dir, {**SETTINGS, "cpu_linear": "onednn"}, device="cpu")
+    assert chosen["cpu_linear"] == "aten"
+    assert _linears(model) and all(type(m) is torch.nn.Linear for m in _linears(model))
